@@ -1,0 +1,71 @@
+// Package relay forwards one client request to upstream accounts: it tries candidates in the order
+// the scheduler gave until one answers (failover ends at the first byte sent to the client), passes
+// the answer through (SSE event by event, flushed), reads usage on the fly, and classifies upstream
+// failures into account events. It knows nothing of keys, limits or the control plane; the worker
+// gives it a Request and candidates and gets back an Outcome to report.
+//
+// Platform specifics (auth headers, base URLs, usage fields) live in one package per platform under
+// relay/ (relay/claude) behind the small Upstream interface.
+package relay
+
+import (
+	"time"
+
+	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+)
+
+// Request is what the worker hands to the relay. It is created per request and is not thread-safe.
+// Every byte slice is owned by the Request (copied out of the fasthttp.RequestCtx), so it may be used
+// after the handler returns (stream writers run later, in their own goroutine).
+type Request struct {
+	// RequestID is unique per client request; it becomes the usage record's id.
+	RequestID string
+	// KeyID of the authenticated key.
+	KeyID string
+	// Endpoint is the client path (e.g. /api/v1/messages), for usage records.
+	Endpoint string
+	// Op is what is asked: OpMessages or OpCountTokens.
+	Op string
+	// Body is the client's JSON body. It is never mutated (a failover attempt reuses it).
+	Body []byte
+	// Query is the raw query string (e.g. "beta=true"), forwarded as is.
+	Query []byte
+	// Model and Stream as read from Body.
+	Model  string
+	Stream bool
+	// Headers are the client's headers that passed the allow-list (lowercase names), in order.
+	Headers []Header
+	// Started is when the worker received the request.
+	Started time.Time
+}
+
+// Header is one HTTP header.
+type Header struct{ Name, Value string }
+
+// Ops.
+const (
+	OpMessages    = "messages"
+	OpCountTokens = "count_tokens"
+)
+
+// Outcome is what happened, for the worker to report. Usage is nil when upstream reported none.
+type Outcome struct {
+	// Account that served the request (the last one tried), nil if none was tried.
+	Account *crsv1.Account
+	// Status sent to the client.
+	Status int
+	// Usage read from the response (SSE message_start/message_delta or JSON body).
+	Usage *crsv1.UsageRecord
+	// Events are account events observed on each attempt (429, 529, 401, ...) and a success event.
+	Events []*crsv1.AccountEvent
+	// Attempts made.
+	Attempts int
+	// FirstByte is the time to the first byte sent to the client (zero if none).
+	FirstByte time.Duration
+}
+
+// Candidates yields upstream accounts in the order to try them. Next returns nil when there are
+// no more. It is called from the request's goroutine only.
+type Candidates interface {
+	Next() *crsv1.Account
+}
