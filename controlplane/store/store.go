@@ -75,9 +75,9 @@ type UsageEntry struct {
 
 // UsageQuery selects aggregates of one scope.
 type UsageQuery struct {
-	// Scope is "key", "account" or "global".
+	// Scope is "key", "account", "global" or "model" (the global totals of one model).
 	Scope string
-	// ID of the key or account; empty for global.
+	// ID of the key or account, or the model name; empty for global.
 	ID string
 	// Granularity is "hour", "day", "month" or "total".
 	Granularity string
@@ -117,13 +117,15 @@ type Store interface {
 	// Accounts.
 	CreateAccount(ctx context.Context, a *Account) error
 	GetAccount(ctx context.Context, id string) (*Account, error)
-	// UpdateAccount replaces the public part (a.Account). It never changes credentials or their
-	// generation: SealedCredentials and Generation of a are ignored (see SwapAccountCredentials).
+	// UpdateAccount replaces the public part (a.Account). It never changes credentials, their
+	// generation or the status: SealedCredentials, Generation and a.Account.Status are ignored (see
+	// SwapAccountCredentials and SetAccountStatus), so an edit cannot undo a concurrent status change.
 	UpdateAccount(ctx context.Context, a *Account) error
 	// SwapAccountCredentials stores sealed credentials if the stored generation is wantGeneration,
 	// and sets it to wantGeneration+1. Otherwise it returns ErrConflict and changes nothing.
 	SwapAccountCredentials(ctx context.Context, id string, wantGeneration int64, sealed []byte) (newGeneration int64, err error)
-	// SetAccountStatus replaces only the status part of an account (no whole-record rewrite).
+	// SetAccountStatus replaces only the status part of an account (no whole-record rewrite); a
+	// nil st clears it.
 	SetAccountStatus(ctx context.Context, id string, st *crsv1.AccountStatus) error
 	DeleteAccount(ctx context.Context, id string) error
 	// ListAccounts returns every account, ordered by creation time then id.
@@ -148,17 +150,26 @@ type Store interface {
 	// Usage. RecordUsage stores e and adds it to every aggregate (key, account, model, key×model,
 	// global × hour, day, month, total; key daily/total/weekly cost) atomically, unless a record with
 	// the same request id was stored before, in which case it changes nothing and returns false.
+	// Request ids are remembered for 7 days. Model aggregates are the global ones split by model; a
+	// record without a model counts under the model "unknown". Period labels left empty in e are
+	// skipped (the total is always added).
 	RecordUsage(ctx context.Context, e *UsageEntry) (stored bool, err error)
+	// QueryUsage without ByModel returns one row per period, in the order of q.Periods, with zero
+	// totals where nothing was recorded; with ByModel only the (period, model) cells that have
+	// usage, by period (in the order of q.Periods) then model name. An unknown scope or
+	// granularity, or a key, account or model scope without ID, is an error.
 	QueryUsage(ctx context.Context, q UsageQuery) ([]UsageRow, error)
 	// KeySpend returns a key's rated costs for the given day and week labels and in total.
 	KeySpend(ctx context.Context, keyID, day, week string) (KeySpend, error)
 
 	// Bind returns the account bound to (platform, session) and binds accountID if there is none
-	// (or if replace). Bindings expire ttl after they were last set.
+	// (or if replace). Bindings expire ttl (which must be positive) after they were last set;
+	// returning an existing binding does not extend it.
 	Bind(ctx context.Context, platform, session, accountID string, ttl time.Duration, replace bool) (bound string, created bool, err error)
 
-	// Watch delivers changes until ctx ends. Delivery is best effort (a subscriber that falls behind
-	// may miss changes; the fleet service resyncs periodically).
+	// Watch delivers changes made after it returns, until ctx ends or the store is closed (then the
+	// channel is closed). Delivery is best effort (a subscriber that falls behind may miss changes;
+	// the fleet service resyncs periodically).
 	Watch(ctx context.Context) (<-chan Change, error)
 
 	// Ping checks that the backend is reachable (for /readyz).

@@ -1,0 +1,186 @@
+package embedded
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/crsrelay/crs/controlplane/store"
+	"github.com/crsrelay/crs/controlplane/store/internal/usageagg"
+	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+)
+
+// cellKey encodes an aggregate cell as scope \0 id \0 granularity \0 period [\0 model]. A split
+// cell's key extends the unsplit one by \0 model, so the models of a period are a prefix scan.
+func cellKey(c usageagg.Cell) []byte {
+	k := strings.Join([]string{c.Scope, c.ID, c.Gran, c.Period}, "\x00")
+	if c.Model != "" {
+		k += "\x00" + c.Model
+	}
+	return []byte(k)
+}
+
+// RecordUsage implements [store.Store.RecordUsage] in one write transaction (one fsync). DB.Batch
+// would coalesce concurrent calls but delays a lone caller by its MaxBatchDelay; the fleet's
+// report streams call this one record at a time, so plain Update measured faster (see
+// BenchmarkRecordUsage: ~0.35 ms sequential vs ~11 ms with Batch).
+func (s *Store) RecordUsage(ctx context.Context, e *store.UsageEntry) (bool, error) {
+	if e == nil || e.Record == nil || e.Record.GetRequestId() == "" {
+		return false, fmt.Errorf("record usage: empty request id")
+	}
+	reqID := []byte(e.Record.GetRequestId())
+	delta := usageagg.Delta(e)
+	cells := usageagg.Cells(e)
+
+	var stored bool
+	err := s.update(ctx, func(tx *bolt.Tx, ch *changes) error {
+		now := s.now()
+		reqs := tx.Bucket(bucketUsageReq)
+		if v := reqs.Get(reqID); v != nil && !expired(v, now) {
+			return nil
+		}
+		if err := putExpiring(reqs, tx.Bucket(bucketUsageReqExp), reqID, now.Add(DedupTTL), nil); err != nil {
+			return fmt.Errorf("record usage %s: %w", reqID, err)
+		}
+		usage := tx.Bucket(bucketUsage)
+		for _, c := range cells {
+			if err := addCell(usage, cellKey(c), delta); err != nil {
+				return fmt.Errorf("record usage %s: %w", reqID, err)
+			}
+		}
+		if key := e.Record.GetKeyId(); key != "" {
+			ch.add(store.KindKeyUsage, key)
+		}
+		stored = true
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	return stored, nil
+}
+
+func addCell(b *bolt.Bucket, k []byte, delta *crsv1.UsageTotals) error {
+	var t crsv1.UsageTotals
+	if v := b.Get(k); v != nil {
+		if err := proto.Unmarshal(v, &t); err != nil {
+			return fmt.Errorf("decode usage cell %q: %w", k, err)
+		}
+	}
+	usageagg.Add(&t, delta)
+	v, err := proto.Marshal(&t)
+	if err != nil {
+		return fmt.Errorf("encode usage cell %q: %w", k, err)
+	}
+	return b.Put(k, v)
+}
+
+// QueryUsage implements [store.Store.QueryUsage].
+func (s *Store) QueryUsage(ctx context.Context, q store.UsageQuery) ([]store.UsageRow, error) {
+	p, err := usageagg.Resolve(q)
+	if err != nil {
+		return nil, err
+	}
+	var rows []store.UsageRow
+	err = s.view(ctx, func(tx *bolt.Tx) error {
+		usage := tx.Bucket(bucketUsage)
+		if !p.ByModel || p.Model != "" {
+			var rerr error
+			rows, rerr = usageagg.Rows(p, func(c usageagg.Cell) (*crsv1.UsageTotals, error) {
+				return getCell(usage, cellKey(c))
+			})
+			return rerr
+		}
+		cur := usage.Cursor()
+		for _, period := range p.Periods {
+			prefix := append(cellKey(usageagg.Cell{Scope: p.Scope, ID: p.ID, Gran: p.Gran, Period: period}), 0)
+			for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+				var t crsv1.UsageTotals
+				if err := proto.Unmarshal(v, &t); err != nil {
+					return fmt.Errorf("decode usage cell %q: %w", k, err)
+				}
+				rows = append(rows, store.UsageRow{Period: period, Model: string(k[len(prefix):]), Totals: &t})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("query usage: %w", err)
+	}
+	return rows, nil
+}
+
+// KeySpend implements [store.Store.KeySpend].
+func (s *Store) KeySpend(ctx context.Context, keyID, day, week string) (store.KeySpend, error) {
+	var spend store.KeySpend
+	daily, total, weekly := usageagg.SpendCells(keyID, day, week)
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		usage := tx.Bucket(bucketUsage)
+		for _, x := range []struct {
+			cell usageagg.Cell
+			dst  *float64
+		}{{daily, &spend.DailyCost}, {total, &spend.TotalCost}, {weekly, &spend.WeeklyOpusCost}} {
+			t, err := getCell(usage, cellKey(x.cell))
+			if err != nil {
+				return err
+			}
+			*x.dst = t.GetRatedCost()
+		}
+		return nil
+	})
+	if err != nil {
+		return store.KeySpend{}, fmt.Errorf("key spend %s: %w", keyID, err)
+	}
+	return spend, nil
+}
+
+// getCell reads a cell; nil when nothing was recorded.
+func getCell(b *bolt.Bucket, k []byte) (*crsv1.UsageTotals, error) {
+	v := b.Get(k)
+	if v == nil {
+		return nil, nil
+	}
+	var t crsv1.UsageTotals
+	if err := proto.Unmarshal(v, &t); err != nil {
+		return nil, fmt.Errorf("decode usage cell %q: %w", k, err)
+	}
+	return &t, nil
+}
+
+// Expiring entries (usage_req, bind) store an 8-byte big-endian unix-nanosecond expiry followed
+// by their payload, and have an index entry expiry ‖ key in a second bucket for the sweep.
+
+func encodeExpiry(t time.Time) []byte {
+	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), uint64(t.UnixNano()))
+}
+
+func expiryOf(v []byte) time.Time {
+	if len(v) < 8 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(v[:8])))
+}
+
+func expired(v []byte, now time.Time) bool { return !now.Before(expiryOf(v)) }
+
+// putExpiring stores key -> expiry ‖ payload in b and its index entry in idx, replacing the index
+// entry of a previous value.
+func putExpiring(b, idx *bolt.Bucket, key []byte, expiry time.Time, payload []byte) error {
+	if old := b.Get(key); old != nil && len(old) >= 8 {
+		if err := idx.Delete(slices.Concat(old[:8], key)); err != nil {
+			return err
+		}
+	}
+	exp := encodeExpiry(expiry)
+	if err := b.Put(key, slices.Concat(exp, payload)); err != nil {
+		return err
+	}
+	return idx.Put(slices.Concat(exp, key), []byte{})
+}
