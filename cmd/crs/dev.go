@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/crsrelay/crs/controlplane/secret"
+)
+
+// runDev is `crs dev`: the control plane and (once wired) a worker in one process, by default on
+// the embedded store in -data-dir. Without security.encryption_key it uses
+// <data_dir>/encryption.key, generating it on the first start.
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := loadConfig("dev", args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+
+	var key []byte
+	if cfg.Security.EncryptionKey != "" {
+		key, err = parseEncryptionKey(cfg.Security.EncryptionKey, log)
+	} else {
+		key, err = devEncryptionKey(cfg.Store.DataDir, log)
+	}
+	if err != nil {
+		return err
+	}
+
+	cp, err := startControl(ctx, cfg, key, log, stdout)
+	if err != nil {
+		return err
+	}
+	// The worker joins here (lead): dataplane/worker against cp.grpcAddr with
+	// cp.deps.fleetToken, listening on cfg.Server; stop it before cp.wait returns.
+	return cp.wait(ctx)
+}
+
+// devEncryptionKey reads <dir>/encryption.key, creating it (0600, 64 hex characters) on the
+// first start.
+func devEncryptionKey(dir string, log *zap.Logger) ([]byte, error) {
+	path := filepath.Join(dir, encryptionKeyFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		key, _, err := secret.ParseKey(strings.TrimSpace(string(b)))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return key, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	key, err := secret.GenerateKey()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", path, err)
+	}
+	_, werr := f.WriteString(secret.EncodeKey(key) + "\n")
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return nil, fmt.Errorf("write %s: %w", path, werr)
+	}
+	log.Warn("generated an encryption key for development; keep it with the data", zap.String("file", path))
+	return key, nil
+}
