@@ -11,41 +11,24 @@ package relay
 import (
 	"time"
 
+	"github.com/crsrelay/crs/dataplane/relay/platform"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
 )
 
 // Request is what the worker hands to the relay. It is created per request and is not thread-safe.
 // Every byte slice is owned by the Request (copied out of the fasthttp.RequestCtx), so it may be used
-// after the handler returns (stream writers run later, in their own goroutine).
-type Request struct {
-	// RequestID is unique per client request; it becomes the usage record's id.
-	RequestID string
-	// KeyID of the authenticated key.
-	KeyID string
-	// Endpoint is the client path (e.g. /api/v1/messages), for usage records.
-	Endpoint string
-	// Op is what is asked: OpMessages or OpCountTokens.
-	Op string
-	// Body is the client's JSON body. It is never mutated (a failover attempt reuses it).
-	Body []byte
-	// Query is the raw query string (e.g. "beta=true"), forwarded as is.
-	Query []byte
-	// Model and Stream as read from Body.
-	Model  string
-	Stream bool
-	// Headers are the client's headers that passed the allow-list (lowercase names), in order.
-	Headers []Header
-	// Started is when the worker received the request.
-	Started time.Time
-}
+// after the handler returns (stream bodies are written later, after the handler has returned).
+// Its fields are documented at [platform.Request]; it is defined there so that the platform packages
+// (relay/claude) can read it without importing this package.
+type Request = platform.Request
 
 // Header is one HTTP header.
-type Header struct{ Name, Value string }
+type Header = platform.Header
 
 // Ops.
 const (
-	OpMessages    = "messages"
-	OpCountTokens = "count_tokens"
+	OpMessages    = platform.OpMessages
+	OpCountTokens = platform.OpCountTokens
 )
 
 // Outcome is what happened, for the worker to report. Usage is nil when upstream reported none.

@@ -1,0 +1,316 @@
+package fleetclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"go.uber.org/zap"
+
+	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+)
+
+// ReportUsage queues a usage record for delivery. The record must not be modified afterwards.
+// It never blocks: when the buffer is full the oldest entry is dropped.
+func (c *Client) ReportUsage(r *crsv1.UsageRecord) {
+	if r != nil {
+		c.add(item{rec: r})
+	}
+}
+
+// ReportEvent queues an account event for delivery, like ReportUsage.
+func (c *Client) ReportEvent(e *crsv1.AccountEvent) {
+	if e != nil {
+		c.add(item{ev: e})
+	}
+}
+
+// Pending is the number of records and events not yet acknowledged.
+func (c *Client) Pending() int { return c.buf.len() }
+
+func (c *Client) add(it item) {
+	if dropped := c.buf.add(it, c.opts.BatchSize); dropped {
+		// One line per power of two, so a long outage does not flood the log.
+		if n := c.buf.dropped.Get(); n&(n-1) == 0 {
+			c.log.Warn("usage buffer full, dropped the oldest report",
+				zap.Uint64("dropped_total", n), zap.Int("capacity", c.opts.UsageBuffer))
+		}
+	}
+}
+
+// item is one record or one event.
+type item struct {
+	rec *crsv1.UsageRecord
+	ev  *crsv1.AccountEvent
+}
+
+// batch is items sent on the current Report stream and not acknowledged yet.
+type batch struct {
+	id    uint64
+	items []item
+}
+
+func (b *batch) proto() *crsv1.ReportBatch {
+	pb := &crsv1.ReportBatch{BatchId: b.id}
+	for _, it := range b.items {
+		if it.rec != nil {
+			pb.Records = append(pb.Records, it.rec)
+		} else {
+			pb.Events = append(pb.Events, it.ev)
+		}
+	}
+	return pb
+}
+
+// reportBuffer holds what is not acknowledged yet: pending items (never sent on the current
+// stream) and in-flight batches (sent, awaiting their ReportAck). Oldest first throughout:
+// in-flight items are older than pending ones.
+type reportBuffer struct {
+	mu       sync.Mutex
+	pending  []item
+	head     int // pending[head:] are live
+	inflight []*batch
+	size     int
+	max      int
+	nextID   uint64
+	dropped  *metrics.Counter
+	notify   chan struct{} // a full batch is ready
+}
+
+func newReportBuffer(max int) *reportBuffer {
+	return &reportBuffer{max: max, notify: make(chan struct{}, 1), dropped: new(metrics.Counter)}
+}
+
+func (b *reportBuffer) len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.size
+}
+
+// add appends it, dropping the oldest entry when full; it reports whether one was dropped.
+func (b *reportBuffer) add(it item, batchSize int) (dropped bool) {
+	b.mu.Lock()
+	if b.size >= b.max {
+		b.dropOldestLocked()
+		dropped = true
+	}
+	b.pending = append(b.pending, it)
+	b.size++
+	full := len(b.pending)-b.head >= batchSize
+	b.mu.Unlock()
+	if dropped {
+		b.dropped.Inc()
+	}
+	if full {
+		select {
+		case b.notify <- struct{}{}:
+		default:
+		}
+	}
+	return dropped
+}
+
+func (b *reportBuffer) dropOldestLocked() {
+	for _, bt := range b.inflight {
+		if len(bt.items) > 0 {
+			bt.items[0] = item{}
+			bt.items = bt.items[1:]
+			b.size--
+			return
+		}
+	}
+	if b.head < len(b.pending) {
+		b.pending[b.head] = item{}
+		b.head++
+		b.size--
+		b.compactLocked()
+	}
+}
+
+// compactLocked reclaims the consumed front of pending once it is most of the slice.
+func (b *reportBuffer) compactLocked() {
+	if b.head > 1024 && b.head*2 > len(b.pending) {
+		n := copy(b.pending, b.pending[b.head:])
+		clear(b.pending[n:])
+		b.pending = b.pending[:n]
+		b.head = 0
+	}
+}
+
+// take moves up to n pending items into a new in-flight batch. Unless force is set it waits for
+// a full batch. It returns nil when there is nothing to send.
+func (b *reportBuffer) take(n int, force bool) *batch {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	live := len(b.pending) - b.head
+	if live == 0 || (live < n && !force) {
+		return nil
+	}
+	k := min(n, live)
+	bt := &batch{items: make([]item, k)}
+	copy(bt.items, b.pending[b.head:b.head+k])
+	clear(b.pending[b.head : b.head+k])
+	b.head += k
+	if b.head == len(b.pending) {
+		b.pending, b.head = b.pending[:0], 0
+	} else {
+		b.compactLocked()
+	}
+	b.nextID++
+	bt.id = b.nextID
+	b.inflight = append(b.inflight, bt)
+	return bt
+}
+
+// ack removes an acknowledged batch and returns how many items it held.
+func (b *reportBuffer) ack(id uint64) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, bt := range b.inflight {
+		if bt.id == id {
+			n := len(bt.items)
+			b.size -= n
+			b.inflight = append(b.inflight[:i], b.inflight[i+1:]...)
+			return n
+		}
+	}
+	return 0
+}
+
+// requeue puts every in-flight item back in front of the pending ones, in order, for a new
+// stream to send again (the control plane drops duplicates by request id).
+func (b *reportBuffer) requeue() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var n int
+	for _, bt := range b.inflight {
+		n += len(bt.items)
+	}
+	if n == 0 {
+		b.inflight = b.inflight[:0]
+		return 0
+	}
+	merged := make([]item, 0, n+len(b.pending)-b.head)
+	for _, bt := range b.inflight {
+		merged = append(merged, bt.items...)
+	}
+	merged = append(merged, b.pending[b.head:]...)
+	b.pending, b.head, b.inflight = merged, 0, b.inflight[:0]
+	return n
+}
+
+func (b *reportBuffer) inflightCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.inflight)
+}
+
+// errDrained ends delivery when everything was acknowledged after shutdown began.
+var errDrained = errors.New("drained")
+
+// reportLoop delivers the buffer over Report streams until ctx ends and the buffer is empty, or
+// until FlushTimeout passed since ctx ended.
+func (c *Client) reportLoop(ctx context.Context) {
+	// hard outlives ctx by FlushTimeout: streams and waits derive from it, so delivery continues
+	// while draining and nothing blocks past the deadline (not even opening a stream).
+	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHard()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(c.opts.FlushTimeout, cancelHard) })
+	defer stop()
+
+	backoff := c.opts.MinBackoff
+	for {
+		acked, err := c.reportStream(ctx, hard)
+		if n := c.buf.requeue(); n > 0 {
+			c.log.Debug("report stream ended with unacknowledged records; resending", zap.Int("records", n))
+		}
+		if errors.Is(err, errDrained) {
+			return
+		}
+		if hard.Err() != nil {
+			if n := c.buf.len(); n > 0 {
+				c.log.Warn("shutdown: reports not delivered before the flush deadline", zap.Int("lost", n))
+			}
+			return
+		}
+		if acked {
+			backoff = c.opts.MinBackoff
+		}
+		c.log.Debug("report stream ended", zap.Error(err))
+		if !sleep(hard, jitter(backoff)) {
+			continue // the deadline passed: the next round reports what is lost
+		}
+		backoff = min(2*backoff, c.opts.MaxBackoff)
+	}
+}
+
+// reportStream runs one Report stream; acked tells whether any batch was acknowledged on it.
+// Once ctx ended it sends everything and returns errDrained when all is acknowledged.
+func (c *Client) reportStream(ctx, hard context.Context) (acked bool, err error) {
+	runDone := ctx.Done()
+	draining := ctx.Err() != nil
+	if draining && c.buf.len() == 0 {
+		return false, errDrained
+	}
+	sctx, cancel := context.WithCancel(hard)
+	defer cancel()
+	stream, err := c.api.Report(sctx)
+	if err != nil {
+		return false, fmt.Errorf("open report: %w", err)
+	}
+	acks := make(chan *crsv1.ReportAck)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			a, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case acks <- a:
+			case <-sctx.Done():
+				return
+			}
+		}
+	}()
+
+	ticker := time.NewTicker(c.opts.BatchInterval)
+	defer ticker.Stop()
+	// Whatever is pending (resent after a reconnect, or queued while down) goes out at once.
+	force := true
+	for {
+		for c.buf.inflightCount() < c.opts.MaxInflight {
+			bt := c.buf.take(c.opts.BatchSize, force || draining)
+			if bt == nil {
+				break
+			}
+			if err := stream.Send(bt.proto()); err != nil {
+				return acked, fmt.Errorf("send report batch: %w", err)
+			}
+		}
+		force = false
+		if draining && c.buf.len() == 0 {
+			_ = stream.CloseSend()
+			return acked, errDrained
+		}
+		select {
+		case <-c.buf.notify:
+		case <-ticker.C:
+			force = true
+		case a := <-acks:
+			n := c.buf.ack(a.GetBatchId())
+			c.acked.Add(n)
+			acked = true
+		case err := <-recvErr:
+			return acked, fmt.Errorf("receive report ack: %w", err)
+		case <-runDone:
+			runDone, draining = nil, true
+		case <-hard.Done():
+			return acked, fmt.Errorf("report: %w", hard.Err())
+		}
+	}
+}

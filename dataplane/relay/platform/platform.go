@@ -1,0 +1,117 @@
+// Package platform is the contract between the relay's attempt loop (package relay) and the
+// per-platform packages under relay/ (relay/claude, later relay/gemini, relay/openai): the client
+// request they build upstream requests from, the Upstream interface they implement, and the verdicts
+// and usage they hand back. It holds types only, so that relay can import the platform packages and
+// they can import this one without a cycle. It must not depend on the worker, keys or the control
+// plane.
+package platform
+
+import (
+	"time"
+
+	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+	"github.com/valyala/fasthttp"
+)
+
+// Request is what the worker hands to the relay (package relay names it relay.Request). It is
+// created per request and is not thread-safe. Every byte slice is owned by the Request (copied out of
+// the fasthttp.RequestCtx), so it may be used after the handler returns (stream bodies are written
+// later, after the handler has returned).
+type Request struct {
+	// RequestID is unique per client request; it becomes the usage record's id.
+	RequestID string
+	// KeyID of the authenticated key.
+	KeyID string
+	// Endpoint is the client path (e.g. /api/v1/messages), for usage records.
+	Endpoint string
+	// Op is what is asked: OpMessages or OpCountTokens.
+	Op string
+	// Body is the client's JSON body. It is never mutated (a failover attempt reuses it); an upstream
+	// that rewrites it (model mapping) works on a copy.
+	Body []byte
+	// Query is the raw query string (e.g. "beta=true"), forwarded as is.
+	Query []byte
+	// Model and Stream as read from Body.
+	Model  string
+	Stream bool
+	// Headers are the client's headers that passed the allow-list (lowercase names), in order.
+	// Upstreams enforce their own allow-list again.
+	Headers []Header
+	// Started is when the worker received the request.
+	Started time.Time
+}
+
+// Header is one HTTP header.
+type Header struct{ Name, Value string }
+
+// Ops.
+const (
+	OpMessages    = "messages"
+	OpCountTokens = "count_tokens"
+)
+
+// Upstream is one kind of upstream account (claude-official, claude-console, ...): how to build the
+// request for it and how to read its answer. Implementations are stateless and safe for concurrent
+// use; per-request state lives in what NewUsage returns.
+type Upstream interface {
+	// Build writes the upstream request for acct into out (method, URI, headers, body) and returns
+	// the model it asks upstream for (after model mapping). It must not modify req; out.Body may
+	// alias req.Body (fasthttp.Request.SetBodyRaw), which is never written to.
+	Build(acct *crsv1.Account, req *Request, out *fasthttp.Request) (model string, err error)
+	// Classify judges an upstream answer that is not 2xx. body is the (possibly truncated) error
+	// body; model is what Build returned.
+	Classify(status int, h *fasthttp.ResponseHeader, body []byte, model string) Verdict
+	// NewUsage returns a reader of usage for one response.
+	NewUsage() UsageReader
+}
+
+// Verdict is what an upstream's error answer means for failover and for the account.
+type Verdict struct {
+	// Failover is true when the next candidate should be tried (the account failed, not the request);
+	// false passes the answer to the client as it is.
+	Failover bool
+	// Kind is the account event kind (rate_limited, overloaded, unauthorized, forbidden, blocked,
+	// server_error); empty for none.
+	Kind string
+	// Until is when the condition ends, from upstream headers; zero = the control plane's default.
+	Until time.Time
+	// Family is the model family a rate limit applies to (opus, sonnet, haiku, fable), when known.
+	Family string
+	// Reason is the upstream error message, trimmed and with anything secret-looking redacted.
+	Reason string
+}
+
+// Account event kinds (crsv1.AccountEvent.kind).
+const (
+	EventRateLimited  = "rate_limited"
+	EventOverloaded   = "overloaded"
+	EventUnauthorized = "unauthorized"
+	EventForbidden    = "forbidden"
+	EventBlocked      = "blocked"
+	EventServerError  = "server_error"
+	EventSuccess      = "success"
+)
+
+// Usage is the token usage of one response.
+type Usage struct {
+	// Model is the model upstream reported; empty if it did not.
+	Model                 string
+	InputTokens           int64
+	OutputTokens          int64
+	CacheCreation5mTokens int64
+	CacheCreation1hTokens int64
+	CacheReadTokens       int64
+	// Speed is "fast" when upstream reported fast mode.
+	Speed string
+}
+
+// UsageReader reads usage from one response while it passes. It is created per response and is not
+// thread-safe.
+type UsageReader interface {
+	// Event observes one SSE event of a stream (whole, as the sse.Splitter returns it).
+	Event(ev []byte)
+	// Body observes a whole non-stream JSON body.
+	Body(body []byte)
+	// Usage returns what was seen; ok is false if the response reported no usage.
+	Usage() (u Usage, ok bool)
+}

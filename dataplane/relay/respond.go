@@ -1,0 +1,171 @@
+package relay
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/crsrelay/crs/dataplane/apierr"
+	"github.com/crsrelay/crs/dataplane/relay/platform"
+	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+)
+
+// respondBuffered passes a whole 2xx answer to the client: status, filtered headers and body, with
+// usage read from the body. It owns and releases resp.
+func (c *call) respondBuffered(acct *crsv1.Account, up platform.Upstream, model string, resp *fasthttp.Response) {
+	defer fasthttp.ReleaseResponse(resp)
+	body, err := readBody(resp, c.r.o.MaxResponseBodySize)
+	if err == nil && len(resp.Header.ContentEncoding()) > 0 {
+		// Upstreams are asked for identity; one that compresses anyway is decoded here, because
+		// the body is read for usage and Content-Encoding is not passed on.
+		body, err = resp.BodyUncompressedWithLimit(c.r.o.MaxResponseBodySize)
+	}
+	if err != nil {
+		c.r.log.Warn("upstream body unreadable", zap.String("request_id", c.req.RequestID),
+			zap.String("account_id", acct.GetId()), zap.Error(err))
+		e := transportError(classifyTransport(err))
+		if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+			e = apierr.UpstreamTooLarge
+		}
+		c.writeError(e)
+		c.finish(nil, "")
+		return
+	}
+	status := resp.StatusCode()
+	c.ctx.SetStatusCode(status)
+	passHeaders(&c.ctx.Response.Header, &resp.Header)
+	c.ctx.Response.SetBody(body)
+	c.out.Status = status
+	c.out.FirstByte = time.Since(c.req.Started)
+
+	var u *platform.Usage
+	if c.req.Op != OpCountTokens {
+		ur := up.NewUsage()
+		ur.Body(body)
+		if got, ok := ur.Usage(); ok {
+			u = &got
+		}
+	}
+	c.finish(u, model)
+}
+
+// respondError passes an upstream error answer to the client. A stream request gets HTTP 200
+// text/event-stream with one event: error carrying the upstream status and body (reference §1.3.2);
+// any other request gets the upstream status, filtered headers and body.
+func (c *call) respondError(status int, h *fasthttp.ResponseHeader, body []byte) {
+	ctx := c.ctx
+	if c.req.Stream {
+		ctx.SetStatusCode(fasthttp.StatusOK)
+		setStreamHeaders(ctx)
+		ctx.Response.SetBodyRaw(apierr.AppendStreamUpstreamError(nil, status, body, time.Now()))
+		c.out.Status = fasthttp.StatusOK
+		return
+	}
+	ctx.SetStatusCode(status)
+	passHeaders(&ctx.Response.Header, h)
+	ctx.Response.SetBody(body)
+	c.out.Status = status
+}
+
+// setStreamHeaders sets the headers of an SSE answer (reference §1.3 step 5).
+func setStreamHeaders(ctx *fasthttp.RequestCtx) {
+	h := &ctx.Response.Header
+	h.SetContentType("text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	if !ctx.Request.Header.ConnectionClose() {
+		h.Set("Connection", "keep-alive")
+	}
+	// nginx buffers proxied responses unless told not to.
+	h.Set("X-Accel-Buffering", "no")
+}
+
+// passStreamHeaders copies the upstream headers a stream answer keeps: the request id and the rate
+// limit state (anthropic-ratelimit-*), which clients such as Claude Code display.
+func passStreamHeaders(dst, src *fasthttp.ResponseHeader) {
+	for k, v := range src.All() {
+		if bytes.EqualFold(k, []byte("request-id")) || hasPrefixFold(k, "anthropic-ratelimit-") {
+			dst.AddBytesKV(k, v)
+		}
+	}
+}
+
+// passHeaders copies upstream response headers to the client, except hop-by-hop headers (RFC 9110
+// §7.6.1; std net/http/httputil hopHeaders), the framing ones fasthttp writes itself
+// (Content-Length, Transfer-Encoding), Content-Encoding (bodies are passed decoded, reference §1.3
+// step 11), and Set-Cookie (the upstream's cookies belong to its domain and account, not to the
+// relay's clients).
+func passHeaders(dst, src *fasthttp.ResponseHeader) {
+	for k, v := range src.All() {
+		if dropResponseHeader(k) {
+			continue
+		}
+		if bytes.EqualFold(k, []byte("content-type")) {
+			dst.SetContentTypeBytes(v)
+			continue
+		}
+		dst.AddBytesKV(k, v)
+	}
+}
+
+func dropResponseHeader(k []byte) bool {
+	switch len(k) {
+	case 2:
+		return bytes.EqualFold(k, []byte("te"))
+	case 7:
+		return bytes.EqualFold(k, []byte("upgrade")) || bytes.EqualFold(k, []byte("trailer"))
+	case 10:
+		return bytes.EqualFold(k, []byte("connection")) || bytes.EqualFold(k, []byte("keep-alive")) ||
+			bytes.EqualFold(k, []byte("set-cookie"))
+	case 14:
+		return bytes.EqualFold(k, []byte("content-length"))
+	case 16:
+		return bytes.EqualFold(k, []byte("content-encoding")) || bytes.EqualFold(k, []byte("proxy-connection"))
+	case 17:
+		return bytes.EqualFold(k, []byte("transfer-encoding"))
+	case 18:
+		return bytes.EqualFold(k, []byte("proxy-authenticate"))
+	case 19:
+		return bytes.EqualFold(k, []byte("proxy-authorization"))
+	}
+	return false
+}
+
+func hasPrefixFold(s []byte, prefix string) bool {
+	return len(s) >= len(prefix) && bytes.EqualFold(s[:len(prefix)], []byte(prefix))
+}
+
+// copyHeaders returns owned copies of h's headers, for an answer that outlives its response.
+func copyHeaders(h *fasthttp.ResponseHeader) []Header {
+	var out []Header
+	for k, v := range h.All() {
+		out = append(out, Header{Name: string(k), Value: string(v)})
+	}
+	return out
+}
+
+// isEventStream reports whether an upstream answered with an SSE body.
+func isEventStream(h *fasthttp.ResponseHeader) bool {
+	return hasPrefixFold(bytes.TrimSpace(h.ContentType()), "text/event-stream")
+}
+
+// readBody returns resp's whole body, reading a streamed one up to limit bytes.
+func readBody(resp *fasthttp.Response, limit int) ([]byte, error) {
+	if !resp.IsBodyStream() {
+		return resp.Body(), nil
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.BodyStream(), int64(limit)+1))
+	if err != nil {
+		return nil, fmt.Errorf("read upstream body: %w", err)
+	}
+	if len(b) > limit {
+		return nil, fasthttp.ErrBodyTooLarge
+	}
+	// Keep the body in resp, so that BodyUncompressed can decode it; this also closes the stream
+	// and returns the connection to the pool.
+	resp.SetBodyRaw(b)
+	return b, nil
+}

@@ -1,0 +1,371 @@
+package relay
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/crsrelay/crs/dataplane/apierr"
+	"github.com/crsrelay/crs/dataplane/relay/claude"
+	"github.com/crsrelay/crs/dataplane/relay/platform"
+	"github.com/crsrelay/crs/dataplane/sse"
+	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Options configures a Relay. Zero fields take the defaults documented on each.
+type Options struct {
+	// Logger receives failed attempts and broken streams; nil logs nothing.
+	Logger *zap.Logger
+	// ClaudeBaseURL is where claude-official accounts go unless their base_url says otherwise.
+	// Default "https://api.anthropic.com".
+	ClaudeBaseURL string
+	// ConnectTimeout bounds establishing a connection to an upstream. Default 10s.
+	ConnectTimeout time.Duration
+	// FirstByteTimeout bounds the wait for an upstream's first response byte after the request
+	// was sent (and the time to send the request). Default 300s.
+	FirstByteTimeout time.Duration
+	// IdleTimeout bounds every later wait for upstream bytes: the gap between two SSE events, or
+	// between two reads of a body. A stream may run for any length of time while bytes keep coming.
+	// Default 300s.
+	IdleTimeout time.Duration
+	// MaxAttempts is how many candidates one request may try. Default 3.
+	MaxAttempts int
+	// MaxResponseBodySize bounds a buffered (non-stream or error) upstream body. Default 64 MiB.
+	MaxResponseBodySize int
+}
+
+// Defaults of Options.
+const (
+	DefaultConnectTimeout      = 10 * time.Second
+	DefaultFirstByteTimeout    = 300 * time.Second
+	DefaultIdleTimeout         = 300 * time.Second
+	DefaultMaxAttempts         = 3
+	DefaultMaxResponseBodySize = 64 << 20
+)
+
+// maxEvent is the largest SSE event the splitter holds whole (larger ones pass in fragments and are
+// not read for usage); keepSplitterBuffer is the largest buffer a pooled splitter keeps.
+const (
+	maxEvent           = 4 << 20
+	keepSplitterBuffer = 64 << 10
+)
+
+// Relay forwards client requests to upstream accounts. It is safe for concurrent use; one Relay
+// serves a whole worker, sharing its upstream connection pools across requests.
+type Relay struct {
+	log       *zap.Logger
+	o         Options
+	tr        *transport
+	official  *claude.Official
+	console   claude.Console
+	splitters sync.Pool // *sse.Splitter, reset, buffer at most keepSplitterBuffer
+}
+
+// New returns a Relay with o's zero fields set to their defaults.
+func New(o Options) *Relay {
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.ClaudeBaseURL == "" {
+		o.ClaudeBaseURL = claude.DefaultBaseURL
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
+	}
+	if o.FirstByteTimeout <= 0 {
+		o.FirstByteTimeout = DefaultFirstByteTimeout
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = DefaultMaxAttempts
+	}
+	if o.MaxResponseBodySize <= 0 {
+		o.MaxResponseBodySize = DefaultMaxResponseBodySize
+	}
+	return &Relay{
+		log:      o.Logger.Named("relay"),
+		o:        o,
+		tr:       newTransport(&o),
+		official: &claude.Official{BaseURL: o.ClaudeBaseURL},
+	}
+}
+
+// upstream returns the Upstream serving acct's type, nil if the relay has none.
+func (r *Relay) upstream(acct *crsv1.Account) platform.Upstream {
+	switch acct.GetType() {
+	case claude.TypeOfficial:
+		return r.official
+	case claude.TypeConsole:
+		return r.console
+	}
+	return nil
+}
+
+// Serve relays req to the first candidate that answers and writes the answer to ctx. done is called
+// exactly once when the response is complete: before Serve returns for a buffered answer, and for a
+// stream from the goroutine fasthttp writes the response body with, after Serve returned (that is
+// also where it learns that the client left). done gets the Outcome to report; it must not keep ctx.
+//
+// Candidates are tried in order, at most Options.MaxAttempts of them, as long as nothing was sent to
+// the client: a connection error, a timeout before the response headers, 401, 403, 429, 529 or 5xx
+// move on to the next one, each recorded as an account event. A client error (400, 404, 413...) is
+// passed through. When every attempt failed the last upstream answer is passed through (as an
+// in-band event: error for a stream request), or, if none answered, 502/504 JSON.
+func (r *Relay) Serve(ctx *fasthttp.RequestCtx, req *Request, cands Candidates, done func(*Outcome)) {
+	c := call{r: r, ctx: ctx, req: req, out: &Outcome{}, done: done}
+	for c.out.Attempts < r.o.MaxAttempts {
+		acct := cands.Next()
+		if acct == nil {
+			break
+		}
+		up := r.upstream(acct)
+		if up == nil {
+			r.log.Warn("account type not served by this relay, skipped",
+				zap.String("request_id", req.RequestID), zap.String("account_id", acct.GetId()),
+				zap.String("account_type", acct.GetType()))
+			continue
+		}
+		c.out.Account = acct
+		c.out.Attempts++
+		if c.attempt(acct, up) {
+			return
+		}
+	}
+	c.fail()
+}
+
+// call is the state of one Serve. It is created per request and is not thread-safe; once a stream
+// is handed to fasthttp it belongs to the streamBody.
+type call struct {
+	r    *Relay
+	ctx  *fasthttp.RequestCtx
+	req  *Request
+	out  *Outcome
+	done func(*Outcome)
+	last failure
+}
+
+// failure is the last failed attempt, for the answer when every attempt failed.
+type failure struct {
+	// transport is set when no upstream answered.
+	transport *transportFailure
+	// tooLarge is set when the answer exceeded MaxResponseBodySize.
+	tooLarge bool
+	// status, header and body of the last upstream HTTP error otherwise; owned copies.
+	status int
+	header []Header
+	body   []byte
+}
+
+// attempt tries one account. It returns true when the response was decided (a success or an error
+// passed through), false to try the next candidate.
+func (c *call) attempt(acct *crsv1.Account, up platform.Upstream) bool {
+	r, req := c.r, c.req
+	upReq := fasthttp.AcquireRequest()
+	model, err := up.Build(acct, req, upReq)
+	if err != nil {
+		fasthttp.ReleaseRequest(upReq)
+		r.log.Warn("account unusable", zap.String("request_id", req.RequestID),
+			zap.String("account_id", acct.GetId()), zap.Error(err))
+		c.event(acct, platform.Verdict{Kind: platform.EventServerError, Reason: err.Error()}, 0)
+		f := failRefused
+		c.last = failure{transport: &f}
+		return false
+	}
+	tr := r.transportFor(acct)
+	client := tr.unary
+	if req.Stream {
+		client = tr.stream
+	}
+	resp := fasthttp.AcquireResponse()
+	err = client.Do(upReq, resp)
+	fasthttp.ReleaseRequest(upReq)
+	if err != nil {
+		fasthttp.ReleaseResponse(resp)
+		return c.transportError(acct, err)
+	}
+
+	status := resp.StatusCode()
+	if status >= 200 && status < 300 {
+		c.event(acct, platform.Verdict{Kind: platform.EventSuccess}, status)
+		if req.Stream && isEventStream(&resp.Header) {
+			c.stream(acct, up, model, resp)
+			return true
+		}
+		c.respondBuffered(acct, up, model, resp)
+		return true
+	}
+
+	body, err := readBody(resp, r.o.MaxResponseBodySize)
+	if err != nil {
+		fasthttp.ReleaseResponse(resp)
+		return c.transportError(acct, err)
+	}
+	v := up.Classify(status, &resp.Header, body, model)
+	if v.Kind != "" {
+		c.event(acct, v, status)
+	}
+	if !v.Failover {
+		c.respondError(status, &resp.Header, body)
+		fasthttp.ReleaseResponse(resp)
+		c.finish(nil, "")
+		return true
+	}
+	r.log.Warn("upstream attempt failed", zap.String("request_id", req.RequestID),
+		zap.String("account_id", acct.GetId()), zap.Int("attempt", c.out.Attempts),
+		zap.Int("upstream_status", status), zap.String("reason", v.Reason))
+	c.last = failure{status: status, header: copyHeaders(&resp.Header), body: append([]byte(nil), body...)}
+	fasthttp.ReleaseResponse(resp)
+	return false
+}
+
+// transportError records an attempt that got no usable answer. A body over the size limit ends
+// the request (every account would send the same); anything else tries the next candidate.
+func (c *call) transportError(acct *crsv1.Account, err error) bool {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		c.last = failure{tooLarge: true}
+		c.fail()
+		return true
+	}
+	f := classifyTransport(err)
+	c.r.log.Warn("upstream attempt failed", zap.String("request_id", c.req.RequestID),
+		zap.String("account_id", acct.GetId()), zap.Int("attempt", c.out.Attempts),
+		zap.Stringer("failure", f), zap.Error(err))
+	c.event(acct, platform.Verdict{Kind: platform.EventServerError, Reason: "upstream " + f.String()}, 0)
+	c.last = failure{transport: &f}
+	return false
+}
+
+// fail answers when no attempt succeeded.
+func (c *call) fail() {
+	switch l := &c.last; {
+	case c.out.Attempts == 0:
+		c.writeError(apierr.NoAccount)
+	case l.tooLarge:
+		c.writeError(apierr.UpstreamTooLarge)
+	case l.transport != nil:
+		c.writeError(transportError(*l.transport))
+	default:
+		var h fasthttp.ResponseHeader
+		for _, kv := range l.header {
+			h.Add(kv.Name, kv.Value)
+		}
+		c.respondError(l.status, &h, l.body)
+	}
+	c.finish(nil, "")
+}
+
+func (c *call) writeError(e *apierr.Error) {
+	apierr.Write(c.ctx, e)
+	c.out.Status = e.Status
+}
+
+func transportError(f transportFailure) *apierr.Error {
+	switch f {
+	case failTimeout:
+		return apierr.UpstreamTimeout
+	case failDNS:
+		return apierr.UpstreamDNS
+	case failReset:
+		return apierr.UpstreamConnection
+	}
+	return apierr.UpstreamUnavailable
+}
+
+// event appends an account event for acct to the outcome.
+func (c *call) event(acct *crsv1.Account, v platform.Verdict, status int) {
+	e := &crsv1.AccountEvent{
+		AccountId:      acct.GetId(),
+		Kind:           v.Kind,
+		UpstreamStatus: int32(status),
+		ModelFamily:    v.Family,
+		Reason:         v.Reason,
+		ObservedAt:     timestamppb.Now(),
+		RequestId:      c.req.RequestID,
+	}
+	if !v.Until.IsZero() {
+		e.Until = timestamppb.New(v.Until)
+	}
+	c.out.Events = append(c.out.Events, e)
+}
+
+// finish fills the usage record (if upstream reported usage) and calls done. model is the model
+// asked upstream, used when upstream did not name one.
+func (c *call) finish(u *platform.Usage, model string) {
+	req, out := c.req, c.out
+	if u != nil && req.Op != OpCountTokens {
+		m := u.Model
+		if m == "" {
+			m = model
+		}
+		if m == "" {
+			m = req.Model
+		}
+		out.Usage = &crsv1.UsageRecord{
+			RequestId:              req.RequestID,
+			KeyId:                  req.KeyID,
+			AccountId:              out.Account.GetId(),
+			AccountType:            out.Account.GetType(),
+			Model:                  m,
+			InputTokens:            u.InputTokens,
+			OutputTokens:           u.OutputTokens,
+			CacheCreation_5MTokens: u.CacheCreation5mTokens,
+			CacheCreation_1HTokens: u.CacheCreation1hTokens,
+			CacheReadTokens:        u.CacheReadTokens,
+			Status:                 int32(out.Status),
+			DurationMs:             time.Since(req.Started).Milliseconds(),
+			Stream:                 req.Stream,
+			StartedAt:              timestamppb.New(req.Started),
+			Endpoint:               req.Endpoint,
+			AnthropicBeta:          clientHeader(req, "anthropic-beta"),
+			Speed:                  u.Speed,
+		}
+	}
+	if c.done != nil {
+		c.done(out)
+	}
+}
+
+// clientHeader returns the value of the client's header name (lowercase), "" if absent.
+func clientHeader(req *Request, name string) string {
+	for _, h := range req.Headers {
+		if len(h.Name) == len(name) && (h.Name == name || equalFoldASCII(h.Name, name)) {
+			return h.Value
+		}
+	}
+	return ""
+}
+
+func equalFoldASCII(a, b string) bool {
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// getSplitter returns a pooled splitter reading src.
+func (r *Relay) getSplitter() *sse.Splitter {
+	if s, ok := r.splitters.Get().(*sse.Splitter); ok {
+		return s
+	}
+	return sse.NewSplitter(nil, 0, maxEvent)
+}
+
+func (r *Relay) putSplitter(s *sse.Splitter) {
+	s.Reset(nil, keepSplitterBuffer)
+	r.splitters.Put(s)
+}

@@ -1,0 +1,151 @@
+package relay
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+	"github.com/valyala/fasthttp"
+)
+
+// transport is a pair of upstream clients sharing one way of dialing: unary for non-stream requests
+// (whole body buffered, bounded by MaxResponseBodySize) and stream (the body is read by the relay as
+// it arrives). Both keep connections alive per upstream host.
+//
+// Timeouts are enforced per socket read by deadlineConn, not per response, so a stream may run for
+// as long as events keep coming.
+type transport struct {
+	unary, stream *fasthttp.Client
+}
+
+func newTransport(o *Options) *transport {
+	dialer := &fasthttp.TCPDialer{DNSCacheDuration: time.Minute}
+	dial := func(addr string) (net.Conn, error) {
+		c, err := dialer.DialTimeout(addr, o.ConnectTimeout)
+		if err != nil {
+			return nil, err
+		}
+		return &deadlineConn{Conn: c, firstByte: o.FirstByteTimeout, idle: o.IdleTimeout}, nil
+	}
+	base := func() *fasthttp.Client {
+		return &fasthttp.Client{
+			Dial:                     dial,
+			NoDefaultUserAgentHeader: true,
+			DisablePathNormalizing:   true,
+			// The request body must be on the wire before the first-byte clock starts.
+			WriteTimeout:        o.FirstByteTimeout,
+			MaxIdleConnDuration: 30 * time.Second,
+			ReadBufferSize:      16 << 10,
+			// POST is not idempotent, so fasthttp would not retry it; a pooled connection the
+			// upstream closed while idle is the one failure worth one retry on the same account.
+			RetryIfErr:                retryStaleConn,
+			MaxIdemponentCallAttempts: 2,
+		}
+	}
+	u := base()
+	u.MaxConnsPerHost = 4096
+	u.MaxResponseBodySize = o.MaxResponseBodySize
+	s := base()
+	s.MaxConnsPerHost = 16384
+	s.StreamResponseBody = true
+	return &transport{unary: u, stream: s}
+}
+
+// transportFor returns the clients to reach acct with. Every account shares the default transport
+// for now; per-account proxies (acct.proxy, http:// or socks5:// via fasthttpproxy dialers) will
+// get a transport per distinct proxy here.
+func (r *Relay) transportFor(_ *crsv1.Account) *transport { return r.tr }
+
+// retryStaleConn retries a request once when the connection broke before any response byte
+// arrived: the typical end of a keep-alive connection the upstream closed while it sat in the pool.
+// Timeouts are never retried (that would double the wait).
+func retryStaleConn(_ *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
+	if attempts > 1 || isTimeout(err) {
+		return false, false
+	}
+	return false, errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// deadlineConn bounds every read from an upstream: the first read after a request was written may
+// wait firstByte (the upstream thinks before it answers), every other read idle (the gap between
+// two chunks of a stream). fasthttp uses a connection from one goroutine at a time, and the pool
+// hands it over with a lock, so the field needs no synchronisation.
+type deadlineConn struct {
+	net.Conn
+	firstByte, idle time.Duration
+	awaiting        bool // a request was written and no byte of its answer was read yet
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	c.awaiting = true
+	return c.Conn.Write(p)
+}
+
+func (c *deadlineConn) Read(p []byte) (int, error) {
+	d := c.idle
+	if c.awaiting {
+		d = c.firstByte
+	}
+	if d > 0 {
+		if err := c.Conn.SetReadDeadline(time.Now().Add(d)); err != nil {
+			return 0, err
+		}
+	}
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.awaiting = false
+	}
+	return n, err
+}
+
+// Transport failure classes: what the client is told when every attempt failed this way.
+type transportFailure uint8
+
+const (
+	failRefused transportFailure = iota // could not connect
+	failReset                           // connection broke before an answer
+	failDNS                             // name did not resolve
+	failTimeout                         // no answer in time
+)
+
+func (f transportFailure) String() string {
+	return [...]string{"connection refused", "connection reset", "dns failure", "timeout"}[f]
+}
+
+// classifyTransport sorts a client.Do error (reference §1.3 step 13).
+func classifyTransport(err error) transportFailure {
+	var dnsErr *net.DNSError
+	switch {
+	case isTimeout(err):
+		return failTimeout
+	case errors.As(err, &dnsErr):
+		return failDNS
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return failRefused
+	case errors.Is(err, fasthttp.ErrConnectionClosed), errors.Is(err, io.EOF),
+		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return failReset
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Op == "dial" {
+		return failRefused
+	}
+	if strings.Contains(err.Error(), "no such host") {
+		return failDNS
+	}
+	return failReset
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrDialTimeout) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,468 @@
+package sched
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"hash"
+	"strconv"
+	"strings"
+)
+
+// Body validation failures of a Messages request (reference §1.3 step 2), in the reference's order.
+var (
+	// ErrBodyNotObject: the body is not valid JSON, or is a JSON scalar.
+	ErrBodyNotObject = errors.New("sched: request body is not a json object")
+	// ErrMessagesNotArray: messages is missing or not an array (also for an empty body and a
+	// top-level array, which Express turns into a body without messages).
+	ErrMessagesNotArray = errors.New("sched: messages missing or not an array")
+	// ErrMessagesEmpty: messages is an empty array.
+	ErrMessagesEmpty = errors.New("sched: messages array is empty")
+)
+
+// Messages is what the worker and the scheduler read from a Claude Messages request body.
+type Messages struct {
+	// Model is body.model when it is a string, else "".
+	Model string
+	// Stream is body.stream === true.
+	Stream bool
+	// Count is the number of messages.
+	Count int
+	// SessionHash is the sticky-session key of reference §4.2, "" when there is none.
+	SessionHash string
+}
+
+// textPart is one block that may contribute text: its text span (zero when text is not a string),
+// and what the session rules look at.
+type textPart struct {
+	text      span
+	isText    bool // type === "text"
+	ephemeral bool // cache_control.type === "ephemeral"
+}
+
+// messageText is the text of one message: a string content, or the text blocks of an array one.
+type messageText struct {
+	str   span       // content as a string
+	parts []textPart // content as an array
+}
+
+func (m messageText) nonEmpty() bool {
+	if nonEmptyString(m.str) {
+		return true
+	}
+	for _, p := range m.parts {
+		if p.isText && nonEmptyString(p.text) {
+			return true
+		}
+	}
+	return false
+}
+
+// bodyScan collects, in one pass over the body, every span the session rules may need.
+type bodyScan struct {
+	b []byte
+
+	model    span
+	stream   bool
+	userID   span // metadata.user_id when a string
+	sysStr   span
+	sysParts []textPart
+	sysArray bool
+
+	messagesArray bool
+	count         int
+	anyCache      bool        // some message has an ephemeral cache_control
+	firstText     messageText // first message with non-empty text
+	firstTextIdx  int         // its index, -1 when none
+}
+
+// ParseMessages validates a Messages request body and reads the fields routing needs, in one
+// pass, without decoding the conversation. Errors are ErrBodyNotObject, ErrMessagesNotArray and
+// ErrMessagesEmpty.
+func ParseMessages(body []byte) (Messages, error) {
+	s := bodyScan{b: body, firstTextIdx: -1}
+	i := skipWS(body, 0)
+	if i == len(body) {
+		return Messages{}, ErrMessagesNotArray // Express parses an empty body as {}
+	}
+	switch body[i] {
+	case '{':
+		end, err := eachMember(body, i, 0, s.topMember)
+		if err != nil || skipWS(body, end) != len(body) {
+			return Messages{}, ErrBodyNotObject
+		}
+	case '[':
+		end, err := skipValue(body, i, 0)
+		if err != nil || skipWS(body, end) != len(body) {
+			return Messages{}, ErrBodyNotObject
+		}
+		return Messages{}, ErrMessagesNotArray
+	default:
+		return Messages{}, ErrBodyNotObject
+	}
+	m := Messages{Stream: s.stream, Count: s.count}
+	if s.model.ok() {
+		m.Model = string(decodeString(nil, body, s.model))
+	}
+	if !s.messagesArray {
+		return m, ErrMessagesNotArray
+	}
+	if s.count == 0 {
+		return m, ErrMessagesEmpty
+	}
+	m.SessionHash = s.sessionHash()
+	return m, nil
+}
+
+// SessionHash returns the sticky-session key of reference §4.2 for a Messages body, "" when there
+// is none or the body is not a JSON object.
+func SessionHash(body []byte) string {
+	s := bodyScan{b: body, firstTextIdx: -1}
+	i := skipWS(body, 0)
+	if i == len(body) || body[i] != '{' {
+		return ""
+	}
+	end, err := eachMember(body, i, 0, s.topMember)
+	if err != nil || skipWS(body, end) != len(body) {
+		return ""
+	}
+	return s.sessionHash()
+}
+
+func (s *bodyScan) topMember(key []byte, esc bool, vs int) (int, error) {
+	b := s.b
+	switch {
+	case keyIs(key, esc, "model"):
+		sp, end, err := stringSpan(b, vs, 1)
+		s.model = sp
+		return end, err
+	case keyIs(key, esc, "stream"):
+		end, err := skipValue(b, vs, 1)
+		s.stream = err == nil && string(b[vs:end]) == "true"
+		return end, err
+	case keyIs(key, esc, "metadata"):
+		s.userID = span{}
+		if b[vs] != '{' {
+			return skipValue(b, vs, 1)
+		}
+		return eachMember(b, vs, 1, func(key []byte, esc bool, vs int) (int, error) {
+			if !keyIs(key, esc, "user_id") {
+				return skipValue(b, vs, 2)
+			}
+			sp, end, err := stringSpan(b, vs, 2)
+			s.userID = sp
+			return end, err
+		})
+	case keyIs(key, esc, "system"):
+		s.sysStr, s.sysParts, s.sysArray = span{}, s.sysParts[:0], false
+		switch b[vs] {
+		case '"':
+			sp, end, err := stringSpan(b, vs, 1)
+			s.sysStr = sp
+			return end, err
+		case '[':
+			s.sysArray = true
+			return eachElement(b, vs, 1, func(_, vs int) (int, error) {
+				p, end, err := s.part(vs, 2)
+				s.sysParts = append(s.sysParts, p)
+				return end, err
+			})
+		}
+		return skipValue(b, vs, 1)
+	case keyIs(key, esc, "messages"):
+		s.messagesArray, s.count, s.anyCache, s.firstText, s.firstTextIdx = false, 0, false, messageText{}, -1
+		if b[vs] != '[' {
+			return skipValue(b, vs, 1)
+		}
+		s.messagesArray = true
+		return eachElement(b, vs, 1, s.message)
+	}
+	return skipValue(b, vs, 1)
+}
+
+// message reads one element of messages.
+func (s *bodyScan) message(n, vs int) (int, error) {
+	s.count = n + 1
+	b := s.b
+	if b[vs] != '{' {
+		return skipValue(b, vs, 2) // null or a scalar has no content (Node would throw on null)
+	}
+	var (
+		text      messageText
+		isArray   bool
+		partCache bool
+		msgCache  bool
+		// stringish: `msg.content || ''` is a string, i.e. content is a string or falsy (absent,
+		// null, false, 0), so the message's own cache_control counts.
+		stringish = true
+	)
+	end, err := eachMember(b, vs, 2, func(key []byte, esc bool, vs int) (int, error) {
+		switch {
+		case keyIs(key, esc, "content"):
+			text, isArray, partCache, stringish = messageText{}, false, false, false
+			switch b[vs] {
+			case '"':
+				sp, end, err := stringSpan(b, vs, 3)
+				text.str = sp
+				stringish = true
+				return end, err
+			case 'n', 'f':
+				stringish = true
+			case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+				end, err := skipNumber(b, vs)
+				if err == nil {
+					f, perr := strconv.ParseFloat(string(b[vs:end]), 64)
+					stringish = perr == nil && f == 0
+				}
+				return end, err
+			case '[':
+				isArray = true
+				return eachElement(b, vs, 3, func(_, vs int) (int, error) {
+					p, end, err := s.part(vs, 4)
+					if p.ephemeral {
+						partCache = true
+					}
+					if p.isText && s.firstTextIdx < 0 { // only the first message with text is used
+						text.parts = append(text.parts, p)
+					}
+					return end, err
+				})
+			}
+			return skipValue(b, vs, 3)
+		case keyIs(key, esc, "cache_control"):
+			eph, end, err := s.ephemeral(vs, 3)
+			msgCache = eph
+			return end, err
+		}
+		return skipValue(b, vs, 3)
+	})
+	if err != nil {
+		return 0, err
+	}
+	// Reference: an array content counts its blocks' cache_control; a string content the
+	// message's own cache_control.
+	if (isArray && partCache) || (stringish && msgCache) {
+		s.anyCache = true
+	}
+	if s.firstTextIdx < 0 && text.nonEmpty() {
+		s.firstText, s.firstTextIdx = text, n
+	}
+	return end, nil
+}
+
+// part reads one content or system block.
+func (s *bodyScan) part(vs, depth int) (textPart, int, error) {
+	b := s.b
+	var p textPart
+	if b[vs] != '{' {
+		end, err := skipValue(b, vs, depth)
+		return p, end, err
+	}
+	end, err := eachMember(b, vs, depth, func(key []byte, esc bool, vs int) (int, error) {
+		switch {
+		case keyIs(key, esc, "text"):
+			sp, end, err := stringSpan(b, vs, depth+1)
+			p.text = sp
+			return end, err
+		case keyIs(key, esc, "type"):
+			sp, end, err := stringSpan(b, vs, depth+1)
+			p.isText = sp.ok() && s.stringIs(sp, "text")
+			return end, err
+		case keyIs(key, esc, "cache_control"):
+			eph, end, err := s.ephemeral(vs, depth+1)
+			p.ephemeral = eph
+			return end, err
+		}
+		return skipValue(b, vs, depth+1)
+	})
+	return p, end, err
+}
+
+// ephemeral reads a cache_control value: true when it is an object whose type is "ephemeral".
+func (s *bodyScan) ephemeral(vs, depth int) (bool, int, error) {
+	b := s.b
+	if b[vs] != '{' {
+		end, err := skipValue(b, vs, depth)
+		return false, end, err
+	}
+	eph := false
+	end, err := eachMember(b, vs, depth, func(key []byte, esc bool, vs int) (int, error) {
+		if !keyIs(key, esc, "type") {
+			return skipValue(b, vs, depth+1)
+		}
+		sp, end, err := stringSpan(b, vs, depth+1)
+		eph = sp.ok() && s.stringIs(sp, "ephemeral")
+		return end, err
+	})
+	return eph, end, err
+}
+
+// stringIs compares a string span, decoded, with want.
+func (s *bodyScan) stringIs(sp span, want string) bool {
+	raw := s.b[sp.start+1 : sp.end-1]
+	if string(raw) == want {
+		return true
+	}
+	var buf [32]byte
+	return string(appendUnescaped(buf[:0], raw)) == want
+}
+
+// sessionHash applies reference §4.2 (src/utils/sessionHelper.js generateSessionHash) to what the
+// scan collected.
+func (s *bodyScan) sessionHash() string {
+	// 1. metadata.user_id carrying a Claude Code session id: the id itself.
+	if nonEmptyString(s.userID) {
+		if id, ok := SessionIDFromUserID(string(decodeString(nil, s.b, s.userID))); ok {
+			return id
+		}
+	}
+	h := newTextHash(s.b)
+	// 2. Cacheable content: system blocks with an ephemeral cache_control, then, if some message
+	// has one, the text of the first message that has text.
+	if s.sysArray {
+		for _, p := range s.sysParts {
+			if p.ephemeral {
+				h.add(p.text)
+			}
+		}
+	}
+	if s.anyCache && s.firstTextIdx >= 0 {
+		h.addMessage(s.firstText)
+	}
+	if h.n > 0 {
+		return h.sum()
+	}
+	// 3. The whole system text.
+	if s.sysStr.ok() {
+		h.add(s.sysStr)
+	} else if s.sysArray {
+		for _, p := range s.sysParts {
+			h.add(p.text)
+		}
+	}
+	if h.n > 0 {
+		return h.sum()
+	}
+	// 4. The text of the first message (only the first: an empty one yields no hash).
+	if s.firstTextIdx == 0 {
+		h.addMessage(s.firstText)
+		if h.n > 0 {
+			return h.sum()
+		}
+	}
+	// 5. No stickiness.
+	return ""
+}
+
+// textHash is sha256 over decoded strings, written piece by piece.
+type textHash struct {
+	b   []byte
+	h   hash.Hash
+	buf []byte
+	n   int // decoded bytes written
+}
+
+func newTextHash(b []byte) *textHash { return &textHash{b: b, h: sha256.New()} }
+
+func (t *textHash) add(sp span) {
+	if !nonEmptyString(sp) {
+		return
+	}
+	t.buf = decodeString(t.buf[:0], t.b, sp)
+	t.h.Write(t.buf)
+	t.n += len(t.buf)
+}
+
+func (t *textHash) addMessage(m messageText) {
+	if m.str.ok() {
+		t.add(m.str)
+		return
+	}
+	for _, p := range m.parts {
+		if p.isText {
+			t.add(p.text)
+		}
+	}
+}
+
+// sum is the first 32 hex characters of the digest.
+func (t *textHash) sum() string {
+	var d [sha256.Size]byte
+	return hex.EncodeToString(t.h.Sum(d[:0])[:16])
+}
+
+// SessionIDFromUserID extracts the Claude Code session id from metadata.user_id
+// (src/utils/metadataUserIdHelper.js): the legacy form
+// user_<64 hex>_account_<anything>_session_<[a-f0-9-]+>, or a JSON object with non-empty string
+// device_id and session_id.
+func SessionIDFromUserID(userID string) (string, bool) {
+	if userID == "" {
+		return "", false
+	}
+	if userID[0] == '{' {
+		var obj map[string]json.RawMessage
+		if json.Unmarshal([]byte(userID), &obj) != nil {
+			return "", false
+		}
+		device, ok1 := jsonString(obj["device_id"])
+		session, ok2 := jsonString(obj["session_id"])
+		if !ok1 || !ok2 || device == "" || session == "" {
+			return "", false
+		}
+		return session, true
+	}
+	return legacySessionID(userID)
+}
+
+func jsonString(raw json.RawMessage) (string, bool) {
+	if len(raw) == 0 || raw[0] != '"' {
+		return "", false
+	}
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return "", false
+	}
+	return s, true
+}
+
+// legacySessionID matches /^user_([a-fA-F0-9]{64})_account_(.*?)_session_([a-f0-9-]+)$/. The
+// session part cannot contain "_", so the only possible split is at the last "_session_"; "." does
+// not match JavaScript line terminators.
+func legacySessionID(s string) (string, bool) {
+	const (
+		pre     = "user_"
+		acct    = "_account_"
+		sess    = "_session_"
+		hexLen  = 64
+		minimum = len(pre) + hexLen + len(acct) + len(sess) + 1
+	)
+	if len(s) < minimum || !strings.HasPrefix(s, pre) {
+		return "", false
+	}
+	for i := len(pre); i < len(pre)+hexLen; i++ {
+		if !isHex(s[i]) {
+			return "", false
+		}
+	}
+	rest := s[len(pre)+hexLen:]
+	if !strings.HasPrefix(rest, acct) {
+		return "", false
+	}
+	rest = rest[len(acct):]
+	j := strings.LastIndex(rest, sess)
+	if j < 0 {
+		return "", false
+	}
+	account, id := rest[:j], rest[j+len(sess):]
+	if id == "" || strings.ContainsAny(account, "\n\r\u2028\u2029") {
+		return "", false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(('a' <= c && c <= 'f') || isDigit(c) || c == '-') {
+			return "", false
+		}
+	}
+	return id, true
+}

@@ -1,0 +1,466 @@
+// Package sched decides which upstream accounts may serve a request and in which order
+// (reference §4.1, §4.2): the key's dedicated account or group, then the sticky session's account,
+// then the shared pool sorted by priority and least recent use. The result is a Selection the relay
+// walks for failover; after the request the worker tells the Selection which account served, and it
+// binds the session to it.
+//
+// It reads the pushed snapshot and keeps only worker-local caches (last use per account, recent
+// session bindings); the shared binding lives in the control plane behind Binder. It depends on
+// snapshot, gen and zap; not on HTTP or the relay.
+package sched
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/crsrelay/crs/dataplane/snapshot"
+	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+)
+
+// Binder is the control plane's session binding (FleetService.Bind).
+type Binder interface {
+	Bind(ctx context.Context, req *crsv1.BindRequest) (*crsv1.BindResponse, error)
+}
+
+// PlatformClaude is the BindRequest.platform of Claude sessions.
+const PlatformClaude = "claude"
+
+// Defaults of Options.
+const (
+	DefaultBindTimeout      = 500 * time.Millisecond
+	DefaultLocalStickyTTL   = 5 * time.Minute
+	DefaultMaxLocalSessions = 100_000
+	defaultStickyTTL        = time.Hour
+	defaultPriority         = 50
+)
+
+// Options configure a Scheduler.
+type Options struct {
+	// Logger receives one debug line per decision (candidates and why others were skipped).
+	Logger *zap.Logger
+	// Binder is the control plane's session binding; nil keeps bindings local to this worker.
+	Binder Binder
+	// BindTimeout bounds one Bind call; on timeout or error the scheduler proceeds with its own
+	// pick. Default 500ms.
+	BindTimeout time.Duration
+	// LocalStickyTTL is how long this worker trusts a binding it saw without asking the control
+	// plane again (capped by the settings' sticky TTL). Default 5m.
+	LocalStickyTTL time.Duration
+	// MaxLocalSessions bounds the local binding cache. Default 100000.
+	MaxLocalSessions int
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Scheduler builds Selections. It is safe for concurrent use.
+type Scheduler struct {
+	log         *zap.Logger
+	binder      Binder
+	bindTimeout time.Duration
+	localTTL    time.Duration
+	now         func() time.Time
+
+	sticky *stickyCache
+
+	mu       sync.Mutex
+	lastUsed map[string]int64 // account id -> unix nanos of the last pick on this worker
+
+	binds sync.WaitGroup // Bind calls made after requests
+}
+
+// New returns a Scheduler.
+func New(opts Options) *Scheduler {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.BindTimeout <= 0 {
+		opts.BindTimeout = DefaultBindTimeout
+	}
+	if opts.LocalStickyTTL <= 0 {
+		opts.LocalStickyTTL = DefaultLocalStickyTTL
+	}
+	if opts.MaxLocalSessions <= 0 {
+		opts.MaxLocalSessions = DefaultMaxLocalSessions
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Scheduler{
+		log:         opts.Logger,
+		binder:      opts.Binder,
+		bindTimeout: opts.BindTimeout,
+		localTTL:    opts.LocalStickyTTL,
+		now:         opts.Now,
+		sticky:      newStickyCache(opts.MaxLocalSessions),
+		lastUsed:    make(map[string]int64),
+	}
+}
+
+// Wait waits for the Bind calls started by Selection.Served to finish.
+func (s *Scheduler) Wait() { s.binds.Wait() }
+
+// Request is what the scheduler needs to know of one Claude Messages request.
+type Request struct {
+	State *snapshot.State
+	Key   *crsv1.ApiKey
+	// Model as requested ("" = any).
+	Model string
+	// SessionHash of reference §4.2, "" for no stickiness.
+	SessionHash string
+	// RequestID, for the debug line.
+	RequestID string
+}
+
+// Selection is the ordered candidates of one request; it implements relay.Candidates. It is
+// created per request: Next is called from the request's goroutine only, Served once after the
+// request, possibly from another goroutine.
+type Selection struct {
+	s           *Scheduler
+	accounts    []*crsv1.Account
+	next        int
+	sessionHash string
+	boundID     string // the account the session is bound to as far as known; "" none or unknown
+	stickyTTL   time.Duration
+
+	// Reason says how the list was built, or why it is empty (for logs).
+	Reason string
+}
+
+// Next returns the next account to try, nil when there is none left. Each account is returned once.
+func (sel *Selection) Next() *crsv1.Account {
+	if sel.next >= len(sel.accounts) {
+		return nil
+	}
+	a := sel.accounts[sel.next]
+	sel.next++
+	sel.s.touch(a.GetId())
+	return a
+}
+
+// Len is the number of candidates.
+func (sel *Selection) Len() int { return len(sel.accounts) }
+
+// SessionHash is the request's session key ("" for none).
+func (sel *Selection) SessionHash() string { return sel.sessionHash }
+
+// Served records that accountID answered the request: the session is bound to it (in the local
+// cache, and with the control plane when it was bound elsewhere or not at all, replacing an older
+// binding). The control-plane call runs in the background.
+func (sel *Selection) Served(accountID string) {
+	if sel.sessionHash == "" || accountID == "" {
+		return
+	}
+	s := sel.s
+	now := s.now()
+	s.sticky.put(sel.sessionHash, accountID, now, min(s.localTTL, sel.stickyTTL))
+	if s.binder == nil || accountID == sel.boundID {
+		return
+	}
+	req := &crsv1.BindRequest{
+		SessionHash: sel.sessionHash,
+		Platform:    PlatformClaude,
+		AccountId:   accountID,
+		Replace:     sel.boundID != "",
+	}
+	s.binds.Add(1)
+	go func() {
+		defer s.binds.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), s.bindTimeout)
+		defer cancel()
+		resp, err := s.binder.Bind(ctx, req)
+		if err != nil {
+			s.log.Debug("bind after request failed", zap.String("account_id", accountID), zap.Error(err))
+			return
+		}
+		if resp.GetAccountId() != "" && resp.GetAccountId() != accountID {
+			// Another worker bound the session meanwhile; follow the control plane.
+			s.sticky.put(req.SessionHash, resp.GetAccountId(), s.now(), min(s.localTTL, sel.stickyTTL))
+		}
+	}()
+}
+
+func (s *Scheduler) touch(id string) {
+	s.mu.Lock()
+	s.lastUsed[id] = s.now().UnixNano()
+	s.mu.Unlock()
+}
+
+// decision collects why accounts were left out, only when debug logging is on.
+type decision struct {
+	on      bool
+	skipped []string
+}
+
+func (d *decision) skip(a *crsv1.Account, why string) {
+	if d.on {
+		d.skipped = append(d.skipped, a.GetId()+": "+why)
+	}
+}
+
+// Claude returns the candidates for a Claude Messages request, in failover order:
+//  1. the key's dedicated claude_account_id, or the available members of its "group:<id>";
+//     without settings.dedicated_account_fallback nothing else follows;
+//  2. the key's dedicated claude_console_account_id, when available;
+//  3. the account the session is bound to (local cache, else FleetService.Bind proposing our pick);
+//  4. the shared claude-official and claude-console accounts that are schedulable, active, not
+//     expired, support the model and are not limited for its family, sorted by priority, least
+//     recent use on this worker, and creation time.
+//
+// ctx bounds the Bind call (besides BindTimeout).
+func (s *Scheduler) Claude(ctx context.Context, r Request) *Selection {
+	now := s.now()
+	st := r.State
+	settings := st.Settings()
+	key := r.Key
+	d := decision{on: s.log.Core().Enabled(zapcore.DebugLevel)}
+
+	sel := &Selection{s: s, sessionHash: r.SessionHash, stickyTTL: defaultStickyTTL}
+	if ttl := settings.GetStickySessionTtl(); ttl != nil && ttl.AsDuration() > 0 {
+		sel.stickyTTL = ttl.AsDuration()
+	}
+
+	var (
+		list        []*crsv1.Account
+		pin         int  // sticky account goes to this index: after single dedicated accounts
+		stickyLimit = -1 // for a group key: only its members (list[:stickyLimit]) may be sticky
+		poolAllowed = true
+		reasons     []string
+	)
+	if id := key.GetClaudeAccountId(); id != "" {
+		poolAllowed = settings.GetDedicatedAccountFallback()
+		if gid, ok := strings.CutPrefix(id, "group:"); ok {
+			g := st.Group(gid)
+			if g == nil {
+				reasons = append(reasons, "group "+gid+" not found")
+			}
+			for _, mid := range g.GetAccountIds() {
+				a := st.Account(mid)
+				if a == nil {
+					continue
+				}
+				if !isClaudeType(a.GetType()) {
+					d.skip(a, "group member of type "+a.GetType())
+					continue
+				}
+				if why := s.unavailable(a, r.Model, now); why != "" {
+					d.skip(a, why)
+					continue
+				}
+				list = append(list, a)
+			}
+			s.sortPool(list)
+			stickyLimit = len(list)
+			reasons = append(reasons, "group "+gid)
+		} else {
+			a := st.Account(id)
+			switch why := s.unavailableDedicated(a, r.Model, now); why {
+			case "":
+				list = append(list, a)
+				pin = 1
+				reasons = append(reasons, "dedicated "+id)
+			default:
+				reasons = append(reasons, "dedicated "+id+" unavailable: "+why)
+			}
+		}
+		if !poolAllowed {
+			reasons = append(reasons, "no pool fallback")
+		}
+	}
+	if id := key.GetClaudeConsoleAccountId(); id != "" && poolAllowed {
+		a := st.Account(id)
+		switch why := s.unavailableDedicated(a, r.Model, now); why {
+		case "":
+			if a.GetType() == snapshot.TypeClaudeConsole && !slices.Contains(list, a) {
+				list = append(list, a)
+				pin = len(list)
+				reasons = append(reasons, "dedicated console "+id)
+			}
+		default:
+			reasons = append(reasons, "dedicated console "+id+" unavailable, using the pool: "+why)
+		}
+	}
+	if poolAllowed {
+		pool := s.pool(st, r.Model, now, &d, list)
+		list = append(list, pool...)
+	}
+
+	// Sticky session: put the bound account at the pin position when it is still a candidate.
+	if r.SessionHash != "" && len(list) > 0 {
+		bound := s.boundAccount(ctx, r, list[0], sel.stickyTTL)
+		sel.boundID = bound
+		if bound != "" {
+			j := slices.IndexFunc(list, func(a *crsv1.Account) bool { return a.GetId() == bound })
+			if stickyLimit >= 0 && j >= stickyLimit {
+				j = -1 // bound outside the key's group (a fallback): rebind to a member
+			}
+			if j >= 0 {
+				if j > pin {
+					a := list[j]
+					copy(list[pin+1:j+1], list[pin:j])
+					list[pin] = a
+				}
+				reasons = append(reasons, "sticky "+bound)
+			} else {
+				reasons = append(reasons, "sticky "+bound+" not a candidate, rebinding")
+			}
+		}
+	}
+	sel.accounts = list
+	if len(list) == 0 {
+		reasons = append(reasons, "no available account")
+	}
+	sel.Reason = strings.Join(reasons, "; ")
+
+	if ce := s.log.Check(zapcore.DebugLevel, "claude candidates"); ce != nil {
+		ids := make([]string, len(list))
+		for i, a := range list {
+			ids[i] = a.GetId()
+		}
+		ce.Write(
+			zap.String("request_id", r.RequestID),
+			zap.String("key_id", key.GetId()),
+			zap.String("model", r.Model),
+			zap.String("session", r.SessionHash),
+			zap.Strings("candidates", ids),
+			zap.String("reason", sel.Reason),
+			zap.Strings("skipped", d.skipped),
+		)
+	}
+	return sel
+}
+
+// boundAccount returns the account the session is bound to: from the local cache, else from the
+// control plane (binding it to proposal when unbound). Local entries are not renewed on use, so
+// each worker asks the control plane again after LocalStickyTTL and follows rebinds made by others.
+func (s *Scheduler) boundAccount(ctx context.Context, r Request, proposal *crsv1.Account, stickyTTL time.Duration) string {
+	now := s.now()
+	if id, ok := s.sticky.get(r.SessionHash, now); ok {
+		return id
+	}
+	if s.binder == nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.bindTimeout)
+	defer cancel()
+	resp, err := s.binder.Bind(ctx, &crsv1.BindRequest{
+		SessionHash: r.SessionHash,
+		Platform:    PlatformClaude,
+		AccountId:   proposal.GetId(),
+	})
+	if err != nil {
+		if ce := s.log.Check(zapcore.DebugLevel, "bind failed, using own pick"); ce != nil {
+			ce.Write(zap.String("request_id", r.RequestID), zap.Error(err))
+		}
+		return ""
+	}
+	if resp.GetAccountId() != "" {
+		s.sticky.put(r.SessionHash, resp.GetAccountId(), now, min(s.localTTL, stickyTTL))
+	}
+	return resp.GetAccountId()
+}
+
+// pool returns the shared Claude accounts that can serve model, sorted, leaving out those in skip.
+func (s *Scheduler) pool(st *snapshot.State, model string, now time.Time, d *decision, skip []*crsv1.Account) []*crsv1.Account {
+	var out []*crsv1.Account
+	for _, typ := range [...]string{snapshot.TypeClaudeOfficial, snapshot.TypeClaudeConsole} {
+		for _, a := range st.AccountsOfType(typ) {
+			if a.GetAccountType() == "dedicated" {
+				continue
+			}
+			if slices.Contains(skip, a) {
+				continue
+			}
+			if why := s.unavailable(a, model, now); why != "" {
+				d.skip(a, why)
+				continue
+			}
+			out = append(out, a)
+		}
+	}
+	s.sortPool(out)
+	return out
+}
+
+// sortPool orders accounts by priority (lower first), then least recently used on this worker,
+// then creation time, then id.
+func (s *Scheduler) sortPool(as []*crsv1.Account) {
+	if len(as) < 2 {
+		return
+	}
+	s.mu.Lock()
+	used := make(map[string]int64, len(as))
+	for _, a := range as {
+		used[a.GetId()] = s.lastUsed[a.GetId()]
+	}
+	s.mu.Unlock()
+	slices.SortStableFunc(as, func(a, b *crsv1.Account) int {
+		if c := cmp.Compare(priority(a), priority(b)); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(used[a.GetId()], used[b.GetId()]); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(createdAt(a), createdAt(b)); c != 0 {
+			return c
+		}
+		return strings.Compare(a.GetId(), b.GetId())
+	})
+}
+
+func priority(a *crsv1.Account) int32 {
+	if p := a.GetPriority(); p > 0 {
+		return p
+	}
+	return defaultPriority
+}
+
+func createdAt(a *crsv1.Account) int64 {
+	if t := a.GetCreatedAt(); t != nil {
+		return t.AsTime().UnixNano()
+	}
+	return 0
+}
+
+func isClaudeType(typ string) bool {
+	return typ == snapshot.TypeClaudeOfficial || typ == snapshot.TypeClaudeConsole
+}
+
+// unavailableDedicated is unavailable for an account a key names, which may be missing.
+func (s *Scheduler) unavailableDedicated(a *crsv1.Account, model string, now time.Time) string {
+	if a == nil {
+		return "not found"
+	}
+	if !isClaudeType(a.GetType()) {
+		return "type " + a.GetType()
+	}
+	return s.unavailable(a, model, now)
+}
+
+// unavailable returns why a can not serve model now, or "" when it can.
+func (s *Scheduler) unavailable(a *crsv1.Account, model string, now time.Time) string {
+	if a.Schedulable != nil && !*a.Schedulable {
+		return "not schedulable"
+	}
+	if !snapshot.AccountActive(a, now) {
+		return "state " + a.GetStatus().GetState()
+	}
+	if exp := a.GetSubscriptionExpiresAt(); exp != nil && (exp.GetSeconds() != 0 || exp.GetNanos() != 0) && !exp.AsTime().After(now) {
+		return "subscription expired"
+	}
+	if !ModelSupported(a, model) {
+		return "model not supported"
+	}
+	if fam := ModelFamily(model); fam != "" {
+		if until := a.GetStatus().GetFamilyLimitedUntil()[fam]; until != nil && until.AsTime().After(now) {
+			return fam + " rate limited"
+		}
+	}
+	return ""
+}

@@ -1,0 +1,115 @@
+package worker
+
+import (
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/valyala/fasthttp"
+
+	"github.com/crsrelay/crs/dataplane/relay"
+)
+
+// workerMetrics are the worker's own series. Counters per label set are created on first use and
+// cached, so recording a request does not allocate.
+type workerMetrics struct {
+	set *metrics.Set
+
+	mu       sync.RWMutex
+	requests map[requestLabels]*metrics.Counter
+	latency  map[string]*metrics.PrometheusHistogram // by platform
+	ttfb     map[string]*metrics.PrometheusHistogram
+
+	inputTokens, outputTokens, cacheCreateTokens, cacheReadTokens *metrics.Counter
+
+	streams  atomic.Int64 // stream requests being relayed
+	inflight atomic.Int64 // requests being relayed
+	panics   *metrics.Counter
+}
+
+type requestLabels struct {
+	route    string
+	status   int
+	platform string
+}
+
+const metricPrefix = "crs_worker_"
+
+func newWorkerMetrics(set *metrics.Set) *workerMetrics {
+	m := &workerMetrics{
+		set:      set,
+		requests: map[requestLabels]*metrics.Counter{},
+		latency:  map[string]*metrics.PrometheusHistogram{},
+		ttfb:     map[string]*metrics.PrometheusHistogram{},
+	}
+	tok := func(typ string) *metrics.Counter {
+		return set.NewCounter(metricPrefix + `tokens_total{type="` + typ + `"}`)
+	}
+	m.inputTokens = tok("input")
+	m.outputTokens = tok("output")
+	m.cacheCreateTokens = tok("cache_creation")
+	m.cacheReadTokens = tok("cache_read")
+	set.NewGauge(metricPrefix+"active_streams", func() float64 { return float64(m.streams.Load()) })
+	set.NewGauge(metricPrefix+"inflight_relays", func() float64 { return float64(m.inflight.Load()) })
+	m.panics = set.NewCounter(metricPrefix + "panics_total")
+	return m
+}
+
+// request counts one answered request.
+func (m *workerMetrics) request(route string, status int, platform string) {
+	k := requestLabels{route, status, platform}
+	m.mu.RLock()
+	c := m.requests[k]
+	m.mu.RUnlock()
+	if c == nil {
+		c = m.set.GetOrCreateCounter(fmt.Sprintf(`%srequests_total{route=%q,status="%d",platform=%q}`,
+			metricPrefix, route, status, platform))
+		m.mu.Lock()
+		m.requests[k] = c
+		m.mu.Unlock()
+	}
+	c.Inc()
+}
+
+func (m *workerMetrics) histogram(cache map[string]*metrics.PrometheusHistogram, name, platform string) *metrics.PrometheusHistogram {
+	m.mu.RLock()
+	h := cache[platform]
+	m.mu.RUnlock()
+	if h == nil {
+		h = m.set.GetOrCreatePrometheusHistogram(metricPrefix + name + `{platform=` + strconv.Quote(platform) + `}`)
+		m.mu.Lock()
+		cache[platform] = h
+		m.mu.Unlock()
+	}
+	return h
+}
+
+// relayed records a finished relay: status, upstream duration, time to first byte, tokens.
+func (m *workerMetrics) relayed(route, platform string, o *relay.Outcome, duration time.Duration) {
+	m.request(route, o.Status, platform)
+	if o.Attempts > 0 {
+		m.histogram(m.latency, "upstream_duration_seconds", platform).Update(duration.Seconds())
+	}
+	if o.FirstByte > 0 {
+		m.histogram(m.ttfb, "upstream_ttfb_seconds", platform).Update(o.FirstByte.Seconds())
+	}
+	if u := o.Usage; u != nil {
+		m.inputTokens.Add(int(u.GetInputTokens()))
+		m.outputTokens.Add(int(u.GetOutputTokens()))
+		m.cacheCreateTokens.Add(int(u.GetCacheCreation_5MTokens() + u.GetCacheCreation_1HTokens()))
+		m.cacheReadTokens.Add(int(u.GetCacheReadTokens()))
+	}
+}
+
+// metrics serves GET /metrics: the worker's series, the fleet client's, and process metrics.
+func (w *Worker) metrics(ctx *fasthttp.RequestCtx, _ *call) {
+	ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
+	w.m.set.WritePrometheus(ctx)
+	if w.fleet != nil && w.fleet.Metrics() != w.m.set { // one set may be shared by both
+		w.fleet.WriteMetrics(ctx)
+	}
+	metrics.WriteProcessMetrics(ctx)
+}
