@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +15,7 @@ import (
 	"github.com/crsrelay/crs/controlplane/secret"
 )
 
-// runDev is `crs dev`: the control plane and (once wired) a worker in one process, by default on
+// runDev is `crs dev`: the control plane and one worker in one process, by default on
 // the embedded store in -data-dir. Without security.encryption_key it uses
 // <data_dir>/encryption.key, generating it on the first start.
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -42,9 +43,27 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	// The worker joins here (lead): dataplane/worker against cp.grpcAddr with
-	// cp.deps.fleetToken, listening on cfg.Server; stop it before cp.wait returns.
-	return cp.wait(ctx)
+	_, port, _ := net.SplitHostPort(cp.grpcAddr)
+	w, err := newWorker(cfg, log, net.JoinHostPort("127.0.0.1", port), cp.deps.fleetToken)
+	if err != nil {
+		cp.shutdown()
+		return err
+	}
+	// The worker stops first (finishing streams and flushing usage to the control plane), then
+	// the control plane: cpCtx ends only when the worker has returned.
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	cpCtx, cpCancel := context.WithCancel(context.Background())
+	werr := make(chan error, 1)
+	go func() {
+		err := w.Run(wctx)
+		werr <- err
+		cpCancel()
+	}()
+	log.Info("crs dev ready", zap.String("worker", workerAddr(cfg)), zap.String("admin", cp.httpAddr))
+	cerr := cp.wait(cpCtx)
+	wcancel()
+	return errors.Join(<-werr, cerr)
 }
 
 // devEncryptionKey reads <dir>/encryption.key, creating it (0600, 64 hex characters) on the

@@ -36,11 +36,13 @@ const usage = `crs — a relay for LLM APIs.
 
 Usage:
   crs control [flags]   run the control plane (admin API, FleetService)
+  crs worker [flags]    run a data-plane worker (clients connect here; needs worker.control_addr
+                        and security.fleet_token)
   crs dev [flags]       run control plane and worker in one process (embedded store in -data-dir)
   crs version           print version and commit
   crs help              print this text
 
-Flags (control, dev):
+Flags (control, worker, dev):
   -config path          TOML config file (or CRS_CONFIG); every key is also CRS_<SECTION>__<KEY>
   -port, -admin-port, -grpc-port, -data-dir, -store, -log-level, -log-format
 See deploy/crs.example.toml for every setting.
@@ -58,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		err = runControl(ctx, args[1:], stdout, stderr)
 	case "dev":
 		err = runDev(ctx, args[1:], stdout, stderr)
+	case "worker":
+		err = runWorker(ctx, args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		printVersion(stdout)
 	case "help", "-h", "-help", "--help":
