@@ -297,6 +297,10 @@ func (f *fakeStore) PutSecretIfAbsent(_ context.Context, name string, value []by
 	return append([]byte(nil), value...), nil
 }
 
+func (f *fakeStore) RecordUsageBatch(_ context.Context, es []*store.UsageEntry) ([]bool, error) {
+	return nil, errors.New("fake store: usage not supported")
+}
+
 func (f *fakeStore) RecordUsage(context.Context, *store.UsageEntry) (bool, error) {
 	return false, errors.New("fake: not implemented")
 }

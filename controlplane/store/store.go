@@ -154,6 +154,10 @@ type Store interface {
 	// record without a model counts under the model "unknown". Period labels left empty in e are
 	// skipped (the total is always added).
 	RecordUsage(ctx context.Context, e *UsageEntry) (stored bool, err error)
+	// RecordUsageBatch is RecordUsage for many entries at once (one transaction or one round trip):
+	// stored[i] tells whether es[i] was new. On error nothing may be assumed stored; retrying the
+	// whole batch is safe because duplicates are ignored.
+	RecordUsageBatch(ctx context.Context, es []*UsageEntry) (stored []bool, err error)
 	// QueryUsage without ByModel returns one row per period, in the order of q.Periods, with zero
 	// totals where nothing was recorded; with ByModel only the (period, model) cells that have
 	// usage, by period (in the order of q.Periods) then model name. An unknown scope or

@@ -200,4 +200,12 @@ func (s *Store) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 // changes collects what a transaction changed, published after commit.
 type changes []store.Change
 
-func (c *changes) add(kind, id string) { *c = append(*c, store.Change{Kind: kind, ID: id}) }
+func (c *changes) add(kind, id string) {
+	// A batch of usage records names the same key many times; publish each change once.
+	for _, x := range *c {
+		if x.Kind == kind && x.ID == id {
+			return
+		}
+	}
+	*c = append(*c, store.Change{Kind: kind, ID: id})
+}

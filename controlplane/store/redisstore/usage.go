@@ -54,8 +54,54 @@ func modelsKey(scope, id string) string { return usageModelsPfx + scope + ":" + 
 // RecordUsage implements [store.Store.RecordUsage]: one script sets the dedup marker and, only if
 // it was new, increments every aggregate hash in place and publishes the key's usage change.
 func (s *Store) RecordUsage(ctx context.Context, e *store.UsageEntry) (bool, error) {
+	keys, args, err := recordUsageArgs(e)
+	if err != nil {
+		return false, err
+	}
+	res, err := recordUsageScript.Run(ctx, s.rdb, keys, args...).Int64()
+	if err != nil {
+		return false, fmt.Errorf("record usage %s: %w", e.Record.GetRequestId(), err)
+	}
+	return res == 1, nil
+}
+
+// RecordUsageBatch implements [store.Store.RecordUsageBatch]: one pipelined round trip of the
+// same script, each record still atomic on its own.
+func (s *Store) RecordUsageBatch(ctx context.Context, es []*store.UsageEntry) ([]bool, error) {
+	if len(es) == 0 {
+		return nil, nil
+	}
+	// Load the script once so the pipeline can use EVALSHA.
+	if err := recordUsageScript.Load(ctx, s.rdb).Err(); err != nil {
+		return nil, fmt.Errorf("record usage: load script: %w", err)
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(es))
+	for i, e := range es {
+		keys, args, err := recordUsageArgs(e)
+		if err != nil {
+			return nil, err
+		}
+		cmds[i] = recordUsageScript.EvalSha(ctx, pipe, keys, args...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("record usage batch: %w", err)
+	}
+	stored := make([]bool, len(es))
+	for i, c := range cmds {
+		n, err := c.Int64()
+		if err != nil {
+			return nil, fmt.Errorf("record usage %s: %w", es[i].Record.GetRequestId(), err)
+		}
+		stored[i] = n == 1
+	}
+	return stored, nil
+}
+
+// recordUsageArgs builds the script's keys and arguments for one entry.
+func recordUsageArgs(e *store.UsageEntry) ([]string, []any, error) {
 	if e == nil || e.Record == nil || e.Record.GetRequestId() == "" {
-		return false, fmt.Errorf("record usage: empty request id")
+		return nil, nil, fmt.Errorf("record usage: empty request id")
 	}
 	reqID := e.Record.GetRequestId()
 	cells := usageagg.Cells(e)
@@ -108,11 +154,7 @@ func (s *Store) RecordUsage(ctx context.Context, e *store.UsageEntry) (bool, err
 			args = append(args, f.field, strconv.FormatFloat(f.v, 'g', -1, 64))
 		}
 	}
-	res, err := recordUsageScript.Run(ctx, s.rdb, keys, args...).Int64()
-	if err != nil {
-		return false, fmt.Errorf("record usage %s: %w", reqID, err)
-	}
-	return res == 1, nil
+	return keys, args, nil
 }
 
 // QueryUsage implements [store.Store.QueryUsage].

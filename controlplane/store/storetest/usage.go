@@ -95,6 +95,28 @@ func row(period, model string, totals *crsv1.UsageTotals) store.UsageRow {
 }
 
 var usageTests = []test{
+	{"BatchEqualsOneByOne", func(t *testing.T, s store.Store) {
+		// A batch aggregates exactly like single records, reports which entries were new (a
+		// duplicate inside the batch and one stored before both count once), and a retried batch
+		// changes nothing.
+		recordAll(t, s, u2)
+		dupOfU1 := u1
+		stored, err := s.RecordUsageBatch(ctx(t), []*store.UsageEntry{u1.entry(), u2.entry(), u3.entry(), dupOfU1.entry()})
+		require.NoError(t, err)
+		require.Equal(t, []bool{true, false, true, false}, stored)
+		again, err := s.RecordUsageBatch(ctx(t), []*store.UsageEntry{u1.entry(), u3.entry()})
+		require.NoError(t, err)
+		require.Equal(t, []bool{false, false}, again)
+		rows, err := s.QueryUsage(ctx(t), store.UsageQuery{Scope: "key", ID: "k1", Granularity: "total"})
+		require.NoError(t, err)
+		requireRows(t, []store.UsageRow{row("total", "", sum(u1, u2, u3))}, rows)
+		spend, err := s.KeySpend(ctx(t), "k1", "2026-11-26", "2026-11-23T00")
+		require.NoError(t, err)
+		require.InDelta(t, 0.55, spend.DailyCost, 1e-9)
+		require.InDelta(t, 1.55, spend.TotalCost, 1e-9)
+		_, err = s.RecordUsageBatch(ctx(t), []*store.UsageEntry{u4.entry(), {Record: &crsv1.UsageRecord{}}})
+		require.Error(t, err, "an entry without request id fails the batch")
+	}},
 	{"Aggregates", func(t *testing.T, s store.Store) {
 		recordAll(t, s, u1, u2, u3, u4)
 		zero := &crsv1.UsageTotals{}
