@@ -34,6 +34,8 @@ type options struct {
 	readyTimeout         time.Duration
 	requestTimeout       time.Duration
 	keepTmp              bool
+	// dev runs `crs dev` (one process) instead of `crs control` + `crs worker`.
+	dev bool
 	crsEnv               multiFlag
 	upstreamKey, modelID string
 }
@@ -50,7 +52,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: crs-bench [flags]\n\n"+
-			"Starts crs-mock and `crs dev`, then loads the mock directly and through the relay with the same\n"+
+			"Starts crs-mock, `crs control` and `crs worker` (or `crs dev` with -dev), then loads the mock directly and through the relay with the same\n"+
 			"requests and prints throughput, latency percentiles, their ratios and the worker's memory.\n\n")
 		fs.PrintDefaults()
 	}
@@ -67,6 +69,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.directOnly, "direct-only", false, "only load the mock directly (no crs)")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 30*time.Second, "how long to wait for crs to become ready")
 	fs.DurationVar(&o.requestTimeout, "request-timeout", time.Minute, "timeout of one request")
+	fs.BoolVar(&o.dev, "dev", false, "run `crs dev` (control plane and worker in one process) instead of separate control and worker processes")
 	fs.BoolVar(&o.keepTmp, "keep", false, "keep the temporary directory (logs, data) after the run")
 	fs.Var(&o.crsEnv, "crs-env", "extra KEY=VALUE environment for crs (repeatable)")
 	fs.StringVar(&o.upstreamKey, "upstream-key", "sk-ant-bench", "API key of the console account (sent to the mock)")
@@ -96,7 +99,8 @@ type env struct {
 	tmp       string
 	mock      *proc
 	mockAddr  string
-	crs       *proc
+	crs       *proc // the worker (or crs dev): its memory is what the report shows
+	control   *proc // crs control, when not -dev
 	relayAddr string
 	adminURL  string
 	keys      map[string]string // target name -> client key
@@ -113,6 +117,9 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	defer func() {
 		if e.crs != nil {
 			e.crs.stop()
+		}
+		if e.control != nil {
+			e.control.stop()
 		}
 		if e.mock != nil {
 			e.mock.stop()
@@ -217,8 +224,9 @@ func startMock(ctx context.Context, o options, e *env) error {
 	return nil
 }
 
-// startCRS starts `crs dev` on free ports with a fresh data directory and waits until its control
-// plane answers /readyz and its worker accepts connections.
+// startCRS starts `crs control` and `crs worker` (or `crs dev` with -dev) on free ports with a
+// fresh data directory and waits until the control plane answers /readyz and the worker accepts
+// connections.
 func startCRS(ctx context.Context, o options, e *env) error {
 	ports, err := freePorts(3)
 	if err != nil {
@@ -243,10 +251,17 @@ func startCRS(ctx context.Context, o options, e *env) error {
 		"CRS_LOG__LEVEL=warn",
 		"CRS_UPSTREAM__CLAUDE_BASE_URL=http://" + e.mockAddr,
 	}
+	if !o.dev {
+		vars = append(vars, "CRS_SECURITY__ENCRYPTION_KEY="+randomHex(32), "CRS_SECURITY__FLEET_TOKEN="+randomHex(24))
+	}
 	vars = append(vars, o.crsEnv...)
+	first := "dev"
+	if !o.dev {
+		first = "control"
+	}
 	p, _, err := startProc(ctx, procSpec{
-		name: "crs", bin: o.crsBin, args: []string{"dev"}, env: vars,
-		logPath: filepath.Join(e.tmp, "crs.log"),
+		name: "crs", bin: o.crsBin, args: []string{first}, env: vars,
+		logPath: filepath.Join(e.tmp, "crs-"+first+".log"),
 	})
 	if err != nil {
 		return err
@@ -271,6 +286,16 @@ func startCRS(ctx context.Context, o options, e *env) error {
 	})
 	if err != nil {
 		return err
+	}
+	if !o.dev {
+		e.control = p
+		if p, _, err = startProc(ctx, procSpec{
+			name: "crs worker", bin: o.crsBin, args: []string{"worker"}, env: vars,
+			logPath: filepath.Join(e.tmp, "crs-worker.log"),
+		}); err != nil {
+			return err
+		}
+		e.crs = p
 	}
 	return waitFor(ctx, p, o.readyTimeout, "crs worker port", func() error {
 		c, err := net.DialTimeout("tcp", e.relayAddr, time.Second)

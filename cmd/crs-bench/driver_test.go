@@ -180,7 +180,7 @@ func TestBench(t *testing.T) {
 		},
 		{
 			name: "relay through a fake crs",
-			args: []string{"-crs", self, "-crs-env", fakeCRSEnv + "=1", "-limited", "-body-size", "4000"},
+			args: []string{"-crs", self, "-dev", "-crs-env", fakeCRSEnv + "=1", "-limited", "-body-size", "4000"},
 			wantRows: []string{"nonstream direct", "nonstream relay", "nonstream relay-limited",
 				"stream direct", "stream relay", "stream relay-limited"},
 			wantOut: []string{"nonstream relay/direct: req/s x", "stream    relay-limited/direct", "crs worker RSS: idle "},

@@ -1,5 +1,5 @@
-// Command crs is the one crs binary: `crs control` (the control plane), `crs dev` (everything in
-// one process on the embedded store), `crs version` and `crs help`. main only wires signals and
+// Command crs is the one crs binary: `crs control` (the control plane), `crs worker` (a data-plane
+// worker), `crs dev` (everything in one process on the embedded store), `crs version` and `crs help`. main only wires signals and
 // the exit code; run does the work and is what tests call.
 package main
 
@@ -20,6 +20,7 @@ import (
 )
 
 func main() {
+	startPprof()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
