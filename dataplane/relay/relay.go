@@ -4,8 +4,10 @@
 // failures into account events. It knows nothing of keys, limits or the control plane; the worker
 // gives it a Request and candidates and gets back an Outcome to report.
 //
-// Platform specifics (auth headers, base URLs, usage fields) live in one package per platform under
-// relay/ (relay/claude) behind the small Upstream interface.
+// Platform specifics (auth headers, base URLs, usage fields, error classification) live in one
+// package per platform under relay/ (relay/claude) behind the small [platform.Upstream] interface.
+// The hot path: serve.go (attempt loop), transport.go (upstream clients and timeouts), stream.go
+// (SSE pass-through), respond.go (buffered answers and header filtering).
 package relay
 
 import (

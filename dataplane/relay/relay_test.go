@@ -143,6 +143,7 @@ func TestFailover(t *testing.T) {
 	for _, tt := range tests {
 		for _, stream := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/stream=%v", tt.name, stream), func(t *testing.T) {
+				t.Parallel()
 				good := ok(t)
 				if !stream {
 					good = newUpstream(t, errorHandler(200, `{"type":"message","model":"m","usage":{"input_tokens":1,"output_tokens":2}}`))
@@ -481,4 +482,44 @@ func TestModelMappingOnlyTouchesTheCopy(t *testing.T) {
 	require.Equal(t, streamReq, string(plain[0].Body), "the failover attempt sends the client's body as it came")
 	o := f.outcome(t)
 	require.Equal(t, []string{"mapped:overloaded", "plain:success"}, eventKinds(o))
+}
+
+// Upstreams are asked for identity encoding; one that compresses anyway is decoded, since
+// Content-Encoding is not passed on and the body is read for usage.
+func TestCompressedUpstreamBodyIsDecoded(t *testing.T) {
+	msg := `{"type":"message","model":"claude-opus-4-1","usage":{"input_tokens":3,"output_tokens":4}}`
+	up := newUpstream(t, func(ctx *fasthttp.RequestCtx) {
+		ctx.SetContentType("application/json")
+		ctx.Response.Header.Set("Content-Encoding", "gzip")
+		ctx.SetBody(fasthttp.AppendGzipBytes(nil, []byte(msg)))
+	})
+	f := newFront(t, Options{}, official("a", up.URL))
+	req, err := http.NewRequest(http.MethodPost, f.URL+"/v1/messages", strings.NewReader(unaryReq))
+	require.NoError(t, err)
+	req.Header.Set("Accept-Encoding", "identity") // keep net/http from decoding on its own
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Empty(t, resp.Header.Get("Content-Encoding"))
+	require.Equal(t, msg, readAll(t, resp.Body))
+	require.Equal(t, int64(4), f.outcome(t).Usage.GetOutputTokens())
+	require.Equal(t, "identity", up.requests()[0].Header["accept-encoding"])
+}
+
+func TestConsoleWithoutCountTokensAnswersZero(t *testing.T) {
+	up := newUpstream(t, errorHandler(404, `{"error":"not found"}`))
+	f := newFront(t, Options{}, console("k", up.URL, "key", nil))
+	resp := f.post(t, "/v1/messages/count_tokens", unaryReq)
+	require.Equal(t, 200, resp.StatusCode)
+	require.JSONEq(t, `{"input_tokens":0}`, readAll(t, resp.Body))
+	o := f.outcome(t)
+	require.Equal(t, 200, o.Status)
+	require.Nil(t, o.Usage)
+	require.Empty(t, o.Events)
+
+	t.Run("a 404 on messages passes through", func(t *testing.T) {
+		resp := f.post(t, "/v1/messages", unaryReq)
+		require.Equal(t, 404, resp.StatusCode)
+		f.outcome(t)
+	})
 }

@@ -19,11 +19,6 @@ import (
 func (c *call) respondBuffered(acct *crsv1.Account, up platform.Upstream, model string, resp *fasthttp.Response) {
 	defer fasthttp.ReleaseResponse(resp)
 	body, err := readBody(resp, c.r.o.MaxResponseBodySize)
-	if err == nil && len(resp.Header.ContentEncoding()) > 0 {
-		// Upstreams are asked for identity; one that compresses anyway is decoded here, because
-		// the body is read for usage and Content-Encoding is not passed on.
-		body, err = resp.BodyUncompressedWithLimit(c.r.o.MaxResponseBodySize)
-	}
 	if err != nil {
 		c.r.log.Warn("upstream body unreadable", zap.String("request_id", c.req.RequestID),
 			zap.String("account_id", acct.GetId()), zap.Error(err))
@@ -63,12 +58,14 @@ func (c *call) respondError(status int, h *fasthttp.ResponseHeader, body []byte)
 		setStreamHeaders(ctx)
 		ctx.Response.SetBodyRaw(apierr.AppendStreamUpstreamError(nil, status, body, time.Now()))
 		c.out.Status = fasthttp.StatusOK
+		c.out.FirstByte = time.Since(c.req.Started)
 		return
 	}
 	ctx.SetStatusCode(status)
 	passHeaders(&ctx.Response.Header, h)
 	ctx.Response.SetBody(body)
 	c.out.Status = status
+	c.out.FirstByte = time.Since(c.req.Started)
 }
 
 // setStreamHeaders sets the headers of an SSE answer (reference §1.3 step 5).
@@ -152,20 +149,28 @@ func isEventStream(h *fasthttp.ResponseHeader) bool {
 	return hasPrefixFold(bytes.TrimSpace(h.ContentType()), "text/event-stream")
 }
 
-// readBody returns resp's whole body, reading a streamed one up to limit bytes.
+// readBody returns resp's whole body, decoded, reading a streamed one up to limit bytes. Upstreams
+// are asked for identity; one that compresses anyway is decoded here, because bodies are read for
+// usage and errors, and Content-Encoding is not passed on.
 func readBody(resp *fasthttp.Response, limit int) ([]byte, error) {
-	if !resp.IsBodyStream() {
+	if resp.IsBodyStream() {
+		b, err := io.ReadAll(io.LimitReader(resp.BodyStream(), int64(limit)+1))
+		if err != nil {
+			return nil, fmt.Errorf("read upstream body: %w", err)
+		}
+		if len(b) > limit {
+			return nil, fasthttp.ErrBodyTooLarge
+		}
+		// Keep the body in resp for BodyUncompressed; this also closes the stream and returns the
+		// connection to the pool.
+		resp.SetBodyRaw(b)
+	}
+	if ce := resp.Header.ContentEncoding(); len(ce) == 0 || bytes.EqualFold(ce, []byte("identity")) {
 		return resp.Body(), nil
 	}
-	b, err := io.ReadAll(io.LimitReader(resp.BodyStream(), int64(limit)+1))
+	b, err := resp.BodyUncompressedWithLimit(limit)
 	if err != nil {
-		return nil, fmt.Errorf("read upstream body: %w", err)
+		return nil, fmt.Errorf("decode upstream body: %w", err)
 	}
-	if len(b) > limit {
-		return nil, fasthttp.ErrBodyTooLarge
-	}
-	// Keep the body in resp, so that BodyUncompressed can decode it; this also closes the stream
-	// and returns the connection to the pool.
-	resp.SetBodyRaw(b)
 	return b, nil
 }

@@ -110,6 +110,8 @@ func (r *Relay) upstream(acct *crsv1.Account) platform.Upstream {
 // exactly once when the response is complete: before Serve returns for a buffered answer, and for a
 // stream from the goroutine fasthttp writes the response body with, after Serve returned (that is
 // also where it learns that the client left). done gets the Outcome to report; it must not keep ctx.
+// When Serve returns, status, headers and body of ctx.Response are set; the caller must not change
+// them (a stream's body is pulled by fasthttp later, and replacing it ends the stream).
 //
 // Candidates are tried in order, at most Options.MaxAttempts of them, as long as nothing was sent to
 // the client: a connection error, a timeout before the response headers, 401, 403, 429, 529 or 5xx
@@ -211,6 +213,15 @@ func (c *call) attempt(acct *crsv1.Account, up platform.Upstream) bool {
 		c.event(acct, v, status)
 	}
 	if !v.Failover {
+		if fb, ok := up.(platform.Fallback); ok {
+			if alt, ok := fb.Fallback(req, status); ok {
+				fasthttp.ReleaseResponse(resp)
+				apierr.WriteJSON(c.ctx, fasthttp.StatusOK, alt)
+				c.out.Status = fasthttp.StatusOK
+				c.finish(nil, "")
+				return true
+			}
+		}
 		c.respondError(status, &resp.Header, body)
 		fasthttp.ReleaseResponse(resp)
 		c.finish(nil, "")
@@ -236,7 +247,10 @@ func (c *call) transportError(acct *crsv1.Account, err error) bool {
 	c.r.log.Warn("upstream attempt failed", zap.String("request_id", c.req.RequestID),
 		zap.String("account_id", acct.GetId()), zap.Int("attempt", c.out.Attempts),
 		zap.Stringer("failure", f), zap.Error(err))
-	c.event(acct, platform.Verdict{Kind: platform.EventServerError, Reason: "upstream " + f.String()}, 0)
+	// Running out of local connections to a host is this worker's limit, not the account's fault.
+	if !errors.Is(err, fasthttp.ErrNoFreeConns) {
+		c.event(acct, platform.Verdict{Kind: platform.EventServerError, Reason: "upstream " + f.String()}, 0)
+	}
 	c.last = failure{transport: &f}
 	return false
 }

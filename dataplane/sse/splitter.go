@@ -18,10 +18,6 @@ const (
 	DefaultMaxEvent = 1 << 20
 )
 
-// errNoProgress is returned when the reader returns (0, nil) too many times in a row, as
-// bufio.Reader does (io.ErrNoProgress), so a broken reader cannot spin the caller forever.
-var errNoProgress = io.ErrNoProgress
-
 // ErrClosed is returned by Next after the splitter was released.
 var ErrClosed = errors.New("sse: splitter released")
 
@@ -121,8 +117,9 @@ func (s *Splitter) Next() ([]byte, error) {
 			s.err = err
 		}
 		if n == 0 && err == nil {
+			// A reader returning (0, nil) over and over is broken; give up as bufio.Reader does.
 			if empty++; empty >= 100 {
-				s.err = errNoProgress
+				s.err = io.ErrNoProgress
 			}
 		} else {
 			empty = 0

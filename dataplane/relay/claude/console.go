@@ -53,3 +53,14 @@ func (Console) Classify(status int, h *fasthttp.ResponseHeader, body []byte, mod
 
 // NewUsage implements [platform.Upstream.NewUsage].
 func (Console) NewUsage() platform.UsageReader { return &usageReader{} }
+
+var _ platform.Fallback = Console{}
+
+// Fallback implements [platform.Fallback]: many console providers lack count_tokens and answer 404;
+// clients (Claude Code) get {"input_tokens":0} instead of an error (reference §1.3.5, §13.5).
+func (Console) Fallback(req *platform.Request, status int) ([]byte, bool) {
+	if req.Op == platform.OpCountTokens && status == fasthttp.StatusNotFound {
+		return []byte(`{"input_tokens":0}`), true
+	}
+	return nil, false
+}

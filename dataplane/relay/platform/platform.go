@@ -65,6 +65,15 @@ type Upstream interface {
 	NewUsage() UsageReader
 }
 
+// Fallback is an optional ability of an Upstream: a local answer that replaces an upstream error
+// meaning "not supported here". The relay checks for it with a type assertion after Classify, for
+// errors that do not fail over.
+type Fallback interface {
+	// Fallback returns the JSON body of a 200 answer to send instead of the upstream's status
+	// error, or ok=false to pass the error through.
+	Fallback(req *Request, status int) (body []byte, ok bool)
+}
+
 // Verdict is what an upstream's error answer means for failover and for the account.
 type Verdict struct {
 	// Failover is true when the next candidate should be tried (the account failed, not the request);
