@@ -119,8 +119,13 @@ func registerFleet(srv *grpc.Server, d *controlDeps) (run func(context.Context) 
 	if err != nil {
 		return nil, fmt.Errorf("usage.pricing_file: %w", err)
 	}
+	limits, err := limitStore(d.store)
+	if err != nil {
+		return nil, err
+	}
 	svc := fleet.New(fleet.Options{
 		Store:         d.store,
+		Limits:        limits,
 		Logger:        d.log.Named("fleet"),
 		OpenAccount:   d.openAccount,
 		Pricing:       prices,
@@ -320,6 +325,18 @@ func openStore(ctx context.Context, c config.Store) (store.Store, error) {
 		return st, nil
 	}
 	return nil, fmt.Errorf("store.driver: unknown driver %q", c.Driver)
+}
+
+// limitStore returns the concurrency leases and fixed windows of the opened backend. The embedded
+// one keeps leases in this process's memory, so there must be exactly one per process.
+func limitStore(st store.Store) (store.LimitStore, error) {
+	switch st := st.(type) {
+	case *embedded.Store:
+		return embedded.NewLimits(st), nil
+	case *redisstore.Store:
+		return redisstore.NewLimits(st), nil
+	}
+	return nil, fmt.Errorf("store %T has no limit store", st)
 }
 
 // checkEncryptionKey makes sure the key opens what this store's first start sealed.

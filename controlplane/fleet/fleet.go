@@ -2,7 +2,8 @@
 // (proto/crs/v1/fleet.proto): it keeps an in-memory copy of what workers serve from (keys,
 // accounts with opened credentials, groups, settings, key hashing secrets, key spend), streams it
 // to workers as a snapshot followed by versioned deltas (Sync), stores sticky-session bindings
-// (Bind), and stores usage records and upstream account events that workers report (Report).
+// (Bind), stores usage records and upstream account events that workers report (Report), and
+// grants concurrency leases and counts fixed-window requests across the fleet (Admit).
 //
 // The cache is refreshed from store.Watch (changes coalesced for a few milliseconds into one
 // delta), by a periodic full reload that heals missed notifications, and after every report.
@@ -46,6 +47,7 @@ const (
 	DefaultRecoveryInterval = 5 * time.Second
 	DefaultStreamQueue      = 256
 	DefaultStickyTTL        = time.Hour
+	DefaultLeaseTTL         = 30 * time.Second
 )
 
 // Options configure a Service. Store, Logger and FleetToken are required in production; the
@@ -72,6 +74,13 @@ type Options struct {
 	LegacySecret string
 	// Clock returns the current time; nil = time.Now.
 	Clock func() time.Time
+	// Limits holds concurrency leases and fixed windows (embedded.NewLimits or
+	// redisstore.NewLimits over Store). nil = Admit answers Unimplemented and no window usage is
+	// kept or pushed.
+	Limits store.LimitStore
+	// LeaseTTL is how long a lease lives without renewal (default 30s); workers renew every
+	// LeaseTTL/3.
+	LeaseTTL time.Duration
 
 	// CoalesceWindow is how long changes are collected into one delta (default 50ms).
 	CoalesceWindow time.Duration
@@ -85,13 +94,14 @@ type Options struct {
 }
 
 // Service implements crsv1.FleetServiceServer. Build it with New, register it with Register, and
-// run Run for as long as it serves; its methods are safe for concurrent use. Admit is not
-// implemented yet: it answers Unimplemented (the embedded UnimplementedFleetServiceServer).
+// run Run for as long as it serves; its methods are safe for concurrent use.
 type Service struct {
 	crsv1.UnimplementedFleetServiceServer
 
 	log       *zap.Logger
 	st        store.Store
+	limits    store.LimitStore
+	leaseTTL  time.Duration
 	open      func(*store.Account) (*crsv1.Account, error)
 	recorder  *usage.Recorder
 	now       func() time.Time
@@ -139,6 +149,8 @@ func New(o Options) *Service {
 	s := &Service{
 		log:      o.Logger,
 		st:       o.Store,
+		limits:   o.Limits,
+		leaseTTL: o.LeaseTTL,
 		open:     o.OpenAccount,
 		now:      o.Clock,
 		tz:       o.TZOffsetHours,
@@ -169,6 +181,9 @@ func New(o Options) *Service {
 	}
 	if s.queue <= 0 {
 		s.queue = DefaultStreamQueue
+	}
+	if s.leaseTTL <= 0 {
+		s.leaseTTL = DefaultLeaseTTL
 	}
 	if o.FleetToken != "" {
 		s.tokenHash = sha256.Sum256([]byte(o.FleetToken))

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -56,21 +55,17 @@ func (s *Service) Report(stream crsv1.FleetService_ReportServer) error {
 	}
 }
 
-// recordParallelism bounds the records of one batch stored concurrently. Concurrent writes let
-// the store group them (bbolt's DB.Batch shares one transaction and fsync among concurrent
-// callers; Redis pipelines them on its connection pool).
-const recordParallelism = 32
-
-// storeBatch stores one batch and returns its acknowledgement.
+// storeBatch stores one batch and returns its acknowledgement. The batch's records are priced
+// here and written with one RecordUsageBatch call: one transaction (one fsync) on the embedded
+// store, one pipelined round trip on Redis.
 func (s *Service) storeBatch(ctx context.Context, b *crsv1.ReportBatch) (*crsv1.ReportAck, error) {
 	ack := &crsv1.ReportAck{BatchId: b.GetBatchId()}
 	rates := s.cachedSettings().GetServiceRates()
 	recs := b.GetRecords()
 	keys := make([]*crsv1.ApiKey, len(recs))
 	results := make([]usage.Result, len(recs))
-	errs := make([]error, len(recs))
-	sem := make(chan struct{}, recordParallelism)
-	var wg sync.WaitGroup
+	entries := make([]*store.UsageEntry, 0, len(recs))
+	index := make([]int, 0, len(recs)) // entries[j] is recs[index[j]]
 	for i, rec := range recs {
 		if rec.GetRequestId() == "" {
 			// Without a request id a record cannot be deduplicated; refusing the batch would make
@@ -79,16 +74,23 @@ func (s *Service) storeBatch(ctx context.Context, b *crsv1.ReportBatch) (*crsv1.
 			continue
 		}
 		keys[i] = s.cachedKey(rec.GetKeyId())
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			results[i], errs[i] = s.recorder.Record(ctx, rec, keys[i], rates)
-		}()
+		e, c := s.recorder.Entry(rec, keys[i], rates)
+		results[i] = usage.Result{Entry: e, Cost: c}
+		entries = append(entries, e)
+		index = append(index, i)
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
+	if len(entries) > 0 {
+		stored, err := s.st.RecordUsageBatch(ctx, entries)
+		if err != nil {
+			return nil, fmt.Errorf("record usage batch %d: %w", b.GetBatchId(), err)
+		}
+		for j, i := range index {
+			results[i].Stored = stored[j]
+			if stored[j] {
+				// Tokens and rated cost settle the key's fixed window after the response (§2.5).
+				s.addWindowUsage(ctx, keys[i], recs[i], results[i].Entry.RatedCost)
+			}
+		}
 	}
 
 	spent := map[string]struct{}{}

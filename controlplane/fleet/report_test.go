@@ -178,7 +178,7 @@ func TestReportStoresPricesAndAcks(t *testing.T) {
 	_ = version
 }
 
-// failingStore fails RecordUsage while fail is set.
+// failingStore fails usage writes while fail is set.
 type failingStore struct {
 	store.Store
 	fail atomic.Bool
@@ -189,6 +189,13 @@ func (f *failingStore) RecordUsage(ctx context.Context, e *store.UsageEntry) (bo
 		return false, errors.New("disk full")
 	}
 	return f.Store.RecordUsage(ctx, e)
+}
+
+func (f *failingStore) RecordUsageBatch(ctx context.Context, es []*store.UsageEntry) ([]bool, error) {
+	if f.fail.Load() {
+		return nil, errors.New("disk full")
+	}
+	return f.Store.RecordUsageBatch(ctx, es)
 }
 
 func TestReportNoAckWhenStoringFails(t *testing.T) {

@@ -268,7 +268,7 @@ func (s *Service) read(ctx context.Context, batch map[store.Change]struct{}) (*p
 			}
 			k = s.cachedKey(id)
 		}
-		if k == nil || !hasCostLimit(k) {
+		if k == nil || !hasUsageLimit(k) {
 			continue
 		}
 		u, err := s.keyUsage(ctx, k, now)

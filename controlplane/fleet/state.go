@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/crsrelay/crs/controlplane/store"
 	"github.com/crsrelay/crs/controlplane/usage"
@@ -25,7 +26,7 @@ type cache struct {
 	groups   map[string]*crsv1.AccountGroup
 	settings *crsv1.Settings
 	hashing  *crsv1.KeyHashing
-	usage    map[string]*crsv1.KeyUsageState // by key id; only keys with a cost limit
+	usage    map[string]*crsv1.KeyUsageState // by key id; only keys with a cost or window limit
 }
 
 // patch is a set of fresh reads to apply to the cache. A nil map value deletes the id.
@@ -46,9 +47,15 @@ func newPatch() *patch {
 	}
 }
 
-// hasCostLimit reports whether a key's spend must be pushed for limit checks.
+// hasCostLimit reports whether a key has a daily, total or weekly cost limit.
 func hasCostLimit(k *crsv1.ApiKey) bool {
 	return k.GetDailyCostLimit() > 0 || k.GetTotalCostLimit() > 0 || k.GetWeeklyOpusCostLimit() > 0
+}
+
+// hasUsageLimit reports whether a key's usage state must be pushed for limit checks: keys with
+// neither a cost limit nor a fixed window cost nothing here.
+func hasUsageLimit(k *crsv1.ApiKey) bool {
+	return hasCostLimit(k) || hasWindowLimit(k)
 }
 
 // defaultSettings are pushed until an admin saves settings.
@@ -96,7 +103,7 @@ func (s *Service) loadAll(ctx context.Context, hashing *crsv1.KeyHashing) (*cach
 	for _, k := range keys {
 		id := k.Key.GetId()
 		c.keys[id] = &crsv1.WorkerKey{Hash: k.Hash, Key: k.Key}
-		if hasCostLimit(k.Key) {
+		if hasUsageLimit(k.Key) {
 			u, err := s.keyUsage(ctx, k.Key, now)
 			if err != nil {
 				return nil, err
@@ -136,21 +143,31 @@ func (s *Service) loadSettings(ctx context.Context) (*crsv1.Settings, error) {
 	return withDefaults(st), nil
 }
 
-// keyUsage reads a key's spend for its current day and week.
+// keyUsage reads what a key's limits need: its spend for the current day and week (when it has
+// a cost limit) and its running fixed window (when it has one; unset window_start = none runs).
 func (s *Service) keyUsage(ctx context.Context, k *crsv1.ApiKey, now time.Time) (*crsv1.KeyUsageState, error) {
-	l := usage.Periods(now, s.tz, int(k.GetWeeklyResetDay()), int(k.GetWeeklyResetHour()))
-	sp, err := s.st.KeySpend(ctx, k.GetId(), l.Day, l.Week)
-	if err != nil {
-		return nil, fmt.Errorf("key spend %s: %w", k.GetId(), err)
+	u := &crsv1.KeyUsageState{KeyId: k.GetId()}
+	if hasCostLimit(k) {
+		l := usage.Periods(now, s.tz, int(k.GetWeeklyResetDay()), int(k.GetWeeklyResetHour()))
+		sp, err := s.st.KeySpend(ctx, k.GetId(), l.Day, l.Week)
+		if err != nil {
+			return nil, fmt.Errorf("key spend %s: %w", k.GetId(), err)
+		}
+		u.DailyCost, u.Day = sp.DailyCost, l.Day
+		u.TotalCost = sp.TotalCost
+		u.WeeklyOpusCost, u.Week = sp.WeeklyOpusCost, l.Week
 	}
-	return &crsv1.KeyUsageState{
-		KeyId:          k.GetId(),
-		DailyCost:      sp.DailyCost,
-		Day:            l.Day,
-		TotalCost:      sp.TotalCost,
-		WeeklyOpusCost: sp.WeeklyOpusCost,
-		Week:           l.Week,
-	}, nil
+	if hasWindowLimit(k) && s.limits != nil {
+		w, err := s.limits.GetWindow(ctx, k.GetId(), windowOf(k), now)
+		if err != nil {
+			return nil, fmt.Errorf("key window %s: %w", k.GetId(), err)
+		}
+		if !w.Start.IsZero() {
+			u.WindowStart = timestamppb.New(w.Start)
+			u.WindowRequests, u.WindowTokens, u.WindowCost = w.Requests, w.Tokens, w.Cost
+		}
+	}
+	return u, nil
 }
 
 // openAccount returns the account workers get: credentials opened, or, when they do not open,
@@ -240,7 +257,7 @@ func (s *Service) apply(p *patch) *crsv1.SyncMessage {
 			c.keys[id] = v
 			d.UpsertKeys = append(d.UpsertKeys, v)
 		}
-		if v != nil && !hasCostLimit(v.GetKey()) {
+		if v != nil && !hasUsageLimit(v.GetKey()) {
 			delete(c.usage, id)
 		}
 	}
@@ -275,8 +292,8 @@ func (s *Service) apply(p *patch) *crsv1.SyncMessage {
 	for _, id := range sortedIDs(p.usage) {
 		v := p.usage[id]
 		k, ok := c.keys[id]
-		if v == nil || !ok || !hasCostLimit(k.GetKey()) {
-			continue // the key is gone or has no cost limit: nothing to push
+		if v == nil || !ok || !hasUsageLimit(k.GetKey()) {
+			continue // the key is gone or has no usage limit: nothing to push
 		}
 		if old, had := c.usage[id]; !had || !proto.Equal(old, v) {
 			c.usage[id] = v

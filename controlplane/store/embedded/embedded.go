@@ -21,6 +21,10 @@
 //	usage_req_exp   expiry ‖ request id -> empty, to sweep usage_req in expiry order
 //	bind            platform \0 session -> expiry ‖ account id
 //	bind_exp        expiry ‖ platform \0 session -> empty, to sweep bind in expiry order
+//	key_window      key id -> fixed rate-limit window (start, requests, tokens, cost; 32 bytes)
+//
+// Concurrency leases (Limits) live in memory only: they are hot and short-lived, and a restart
+// frees them as if they had expired.
 //
 // Request ids are remembered for [DedupTTL]; bindings expire at their TTL. Both are expired lazily
 // on read and removed by a sweep every [SweepInterval]. Watch is an in-process fan-out: only this
