@@ -7,7 +7,7 @@ COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 BIN := bin
 
-.PHONY: all build run generate check-generated lint test test-short bench deps clean
+.PHONY: all build run generate check-generated lint test test-short bench deps clean smoke-claude-code
 
 all: build
 
@@ -62,3 +62,7 @@ bench: build
 
 clean:
 	rm -rf $(BIN)
+
+## smoke-claude-code: opt-in, the real Claude Code CLI (npm) answers through crs against the mock
+smoke-claude-code: build
+	bash deploy/smoke/claude-code.sh
