@@ -126,7 +126,8 @@ func registerFleet(srv *grpc.Server, d *controlDeps) (run func(context.Context) 
 	svc := fleet.New(fleet.Options{
 		Store:         d.store,
 		Limits:        limits,
-		Logger:        d.log.Named("fleet"),
+		Metrics:       d.metrics,
+		Logger:        d.log,
 		OpenAccount:   d.openAccount,
 		Pricing:       prices,
 		TZOffsetHours: d.cfg.Usage.TimezoneOffsetHours,

@@ -19,6 +19,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
+	"github.com/VictoriaMetrics/metrics"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -82,6 +83,10 @@ type Options struct {
 	// LeaseTTL/3.
 	LeaseTTL time.Duration
 
+	// Metrics receives the fleet's metrics (workers connected, snapshot version, usage records,
+	// cost, account events); nil = a private set.
+	Metrics *metrics.Set
+
 	// CoalesceWindow is how long changes are collected into one delta (default 50ms).
 	CoalesceWindow time.Duration
 	// ResyncInterval is the period of the full reload that heals missed changes (default 30s).
@@ -99,6 +104,7 @@ type Service struct {
 	crsv1.UnimplementedFleetServiceServer
 
 	log       *zap.Logger
+	metrics   *fleetMetrics
 	st        store.Store
 	limits    store.LimitStore
 	leaseTTL  time.Duration
@@ -191,6 +197,7 @@ func New(o Options) *Service {
 	} else {
 		s.log.Warn("no fleet token configured; every worker call will be refused")
 	}
+	s.metrics = newFleetMetrics(o.Metrics, s)
 	s.recorder = usage.NewRecorder(usage.RecorderOptions{
 		Store:         o.Store,
 		Pricing:       o.Pricing,

@@ -101,11 +101,15 @@ func (s *Service) storeBatch(ctx context.Context, b *crsv1.ReportBatch) (*crsv1.
 		}
 		if results[i].Stored {
 			ack.Stored++
+			s.metrics.recordsStored.Inc()
+			s.metrics.costUSD.Add(results[i].Entry.Cost)
+			s.metrics.ratedCostUSD.Add(results[i].Entry.RatedCost)
 			if results[i].Entry.RatedCost != 0 {
 				spent[rec.GetKeyId()] = struct{}{}
 			}
 		} else {
 			ack.Duplicates++
+			s.metrics.recordsDuplicate.Inc()
 		}
 		// Also on duplicates: a resent batch must still activate a key whose first attempt
 		// stored the records but failed to activate.
@@ -191,6 +195,7 @@ func (s *Service) activate(ctx context.Context, keyID string, firstUse time.Time
 
 // applyEvent applies one account event to its account's status.
 func (s *Service) applyEvent(ctx context.Context, ev *crsv1.AccountEvent) error {
+	s.metrics.accountEvent(ev.GetKind())
 	cached := s.cachedAccount(ev.GetAccountId())
 	if cached == nil || cached.GetDisableAutoProtection() {
 		return nil

@@ -79,6 +79,8 @@ func (s *Service) Sync(req *crsv1.SyncRequest, stream crsv1.FleetService_SyncSer
 		return err
 	}
 	defer s.unsubscribe(sub)
+	s.metrics.workers.Inc()
+	defer s.metrics.workers.Dec()
 	log := s.log.With(zap.String("worker_id", req.GetWorkerId()))
 	log.Info("worker connected", zap.Uint64("version", snap.GetVersion()))
 	if err := stream.Send(snap); err != nil {

@@ -278,3 +278,30 @@ func uniq(m map[string]string) map[string]bool {
 	}
 	return out
 }
+
+// TestMetricsOnBothPlanes: the worker and the control plane export Prometheus metrics that follow
+// the traffic.
+func TestMetricsOnBothPlanes(t *testing.T) {
+	_, mockURL := startMock(t)
+	cp := startControl(t, controlOpts{})
+	w := cp.startWorker(t)
+	cp.createConsoleAccount(t, "a", mockURL, "sk-ant-a", 50)
+	_, key := cp.createKey(t, nil)
+	readAll(t, waitForRelay(t, w, key, messagesBody("claude-sonnet-4-5", true, "")))
+
+	get := func(url string) string {
+		resp, err := http.Get(url)
+		require.NoError(t, err)
+		return string(readAll(t, resp))
+	}
+	eventually(t, 5*time.Second, "control plane counted the usage record", func() bool {
+		return strings.Contains(get(cp.httpURL+"/metrics"), `crs_usage_records_total{result="stored"} 1`)
+	})
+	cpm := get(cp.httpURL + "/metrics")
+	require.Contains(t, cpm, "crs_fleet_workers_connected 1")
+	require.Contains(t, cpm, "crs_fleet_snapshot_version")
+	wm := get(w.url + "/metrics")
+	for _, name := range []string{"crs_worker_snapshot_version", "crs_worker_active_streams", `crs_worker_requests_total{route="messages",status="200",platform="claude"} 1`} {
+		require.Contains(t, wm, name)
+	}
+}
