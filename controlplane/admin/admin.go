@@ -47,6 +47,15 @@ type Options struct {
 	TimeZone *time.Location
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
+	// OAuth runs StartOAuth and ExchangeOAuthCode (*oauth.Flows). Optional: without it they
+	// answer FailedPrecondition.
+	OAuth OAuthFlows
+	// Refresher serves RefreshAccountToken (*oauth.Refresher). Optional, likewise.
+	Refresher TokenRefresher
+	// Notifications stores the notification targets (*notify.TargetStore). Optional, likewise.
+	Notifications NotificationTargets
+	// Notifier sends TestNotification's events (*notify.Notifier). Optional, likewise.
+	Notifier NotificationTester
 }
 
 // Service implements crsv1.AdminServiceServer. It is safe for concurrent use; all state is in
@@ -60,6 +69,11 @@ type Service struct {
 	log    *zap.Logger
 	tz     *time.Location
 	now    func() time.Time
+
+	oauth     OAuthFlows
+	refresher TokenRefresher
+	targets   NotificationTargets
+	tester    NotificationTester
 }
 
 var _ crsv1.AdminServiceServer = (*Service)(nil)
@@ -72,7 +86,8 @@ func New(o Options) (*Service, error) {
 	if len(o.HMACSecret) < 32 {
 		return nil, errors.New("admin: hmac secret must be at least 32 bytes")
 	}
-	s := &Service{store: o.Store, sealer: o.Sealer, hmac: o.HMACSecret, log: o.Logger, tz: o.TimeZone, now: o.Now}
+	s := &Service{store: o.Store, sealer: o.Sealer, hmac: o.HMACSecret, log: o.Logger, tz: o.TimeZone, now: o.Now,
+		oauth: o.OAuth, refresher: o.Refresher, targets: o.Notifications, tester: o.Notifier}
 	if s.log == nil {
 		s.log = zap.NewNop()
 	}

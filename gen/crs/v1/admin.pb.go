@@ -1316,7 +1316,7 @@ var File_crs_v1_admin_proto protoreflect.FileDescriptor
 
 const file_crs_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x12crs/v1/admin.proto\x12\x06crs.v1\x1a\x14crs/v1/account.proto\x1a\x13crs/v1/apikey.proto\x1a\x15crs/v1/settings.proto\x1a\x12crs/v1/usage.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\">\n" +
+	"\x12crs/v1/admin.proto\x12\x06crs.v1\x1a\x14crs/v1/account.proto\x1a\x13crs/v1/apikey.proto\x1a\x19crs/v1/notification.proto\x1a\x12crs/v1/oauth.proto\x1a\x15crs/v1/settings.proto\x1a\x12crs/v1/usage.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\">\n" +
 	"\x13CreateApiKeyRequest\x12'\n" +
 	"\aapi_key\x18\x01 \x01(\v2\x0e.crs.v1.ApiKeyR\x06apiKey\"Q\n" +
 	"\x14CreateApiKeyResponse\x12'\n" +
@@ -1402,7 +1402,7 @@ const file_crs_v1_admin_proto_rawDesc = "" +
 	"\x15UpdateSettingsRequest\x12,\n" +
 	"\bsettings\x18\x01 \x01(\v2\x10.crs.v1.SettingsR\bsettings\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask2\xc7\v\n" +
+	"updateMask2\xcd\x0f\n" +
 	"\fAdminService\x12I\n" +
 	"\fCreateApiKey\x12\x1b.crs.v1.CreateApiKeyRequest\x1a\x1c.crs.v1.CreateApiKeyResponse\x125\n" +
 	"\tGetApiKey\x12\x18.crs.v1.GetApiKeyRequest\x1a\x0e.crs.v1.ApiKey\x12F\n" +
@@ -1427,7 +1427,14 @@ const file_crs_v1_admin_proto_rawDesc = "" +
 	"\vDeleteGroup\x12\x1a.crs.v1.DeleteGroupRequest\x1a\x16.google.protobuf.Empty\x12;\n" +
 	"\vGetSettings\x12\x1a.crs.v1.GetSettingsRequest\x1a\x10.crs.v1.Settings\x12A\n" +
 	"\x0eUpdateSettings\x12\x1d.crs.v1.UpdateSettingsRequest\x1a\x10.crs.v1.Settings\x12>\n" +
-	"\x0eGetGlobalUsage\x12\x17.crs.v1.GetUsageRequest\x1a\x13.crs.v1.UsageReportB*Z(github.com/crsrelay/crs/gen/crs/v1;crsv1b\x06proto3"
+	"\x0eGetGlobalUsage\x12\x17.crs.v1.GetUsageRequest\x1a\x13.crs.v1.UsageReport\x12C\n" +
+	"\n" +
+	"StartOAuth\x12\x19.crs.v1.StartOAuthRequest\x1a\x1a.crs.v1.StartOAuthResponse\x12F\n" +
+	"\x11ExchangeOAuthCode\x12 .crs.v1.ExchangeOAuthCodeRequest\x1a\x0f.crs.v1.Account\x12J\n" +
+	"\x13RefreshAccountToken\x12\".crs.v1.RefreshAccountTokenRequest\x1a\x0f.crs.v1.Account\x12j\n" +
+	"\x17ListNotificationTargets\x12&.crs.v1.ListNotificationTargetsRequest\x1a'.crs.v1.ListNotificationTargetsResponse\x12h\n" +
+	"\x16PutNotificationTargets\x12%.crs.v1.PutNotificationTargetsRequest\x1a'.crs.v1.ListNotificationTargetsResponse\x12U\n" +
+	"\x10TestNotification\x12\x1f.crs.v1.TestNotificationRequest\x1a .crs.v1.TestNotificationResponseB*Z(github.com/crsrelay/crs/gen/crs/v1;crsv1b\x06proto3"
 
 var (
 	file_crs_v1_admin_proto_rawDescOnce sync.Once
@@ -1443,38 +1450,47 @@ func file_crs_v1_admin_proto_rawDescGZIP() []byte {
 
 var file_crs_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_crs_v1_admin_proto_goTypes = []any{
-	(*CreateApiKeyRequest)(nil),      // 0: crs.v1.CreateApiKeyRequest
-	(*CreateApiKeyResponse)(nil),     // 1: crs.v1.CreateApiKeyResponse
-	(*GetApiKeyRequest)(nil),         // 2: crs.v1.GetApiKeyRequest
-	(*ListApiKeysRequest)(nil),       // 3: crs.v1.ListApiKeysRequest
-	(*ListApiKeysResponse)(nil),      // 4: crs.v1.ListApiKeysResponse
-	(*UpdateApiKeyRequest)(nil),      // 5: crs.v1.UpdateApiKeyRequest
-	(*DeleteApiKeyRequest)(nil),      // 6: crs.v1.DeleteApiKeyRequest
-	(*RegenerateApiKeyRequest)(nil),  // 7: crs.v1.RegenerateApiKeyRequest
-	(*GetUsageRequest)(nil),          // 8: crs.v1.GetUsageRequest
-	(*CreateAccountRequest)(nil),     // 9: crs.v1.CreateAccountRequest
-	(*GetAccountRequest)(nil),        // 10: crs.v1.GetAccountRequest
-	(*ListAccountsRequest)(nil),      // 11: crs.v1.ListAccountsRequest
-	(*ListAccountsResponse)(nil),     // 12: crs.v1.ListAccountsResponse
-	(*UpdateAccountRequest)(nil),     // 13: crs.v1.UpdateAccountRequest
-	(*DeleteAccountRequest)(nil),     // 14: crs.v1.DeleteAccountRequest
-	(*ResetAccountStateRequest)(nil), // 15: crs.v1.ResetAccountStateRequest
-	(*CreateGroupRequest)(nil),       // 16: crs.v1.CreateGroupRequest
-	(*GetGroupRequest)(nil),          // 17: crs.v1.GetGroupRequest
-	(*ListGroupsRequest)(nil),        // 18: crs.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),       // 19: crs.v1.ListGroupsResponse
-	(*UpdateGroupRequest)(nil),       // 20: crs.v1.UpdateGroupRequest
-	(*DeleteGroupRequest)(nil),       // 21: crs.v1.DeleteGroupRequest
-	(*GetSettingsRequest)(nil),       // 22: crs.v1.GetSettingsRequest
-	(*UpdateSettingsRequest)(nil),    // 23: crs.v1.UpdateSettingsRequest
-	(*ApiKey)(nil),                   // 24: crs.v1.ApiKey
-	(*fieldmaskpb.FieldMask)(nil),    // 25: google.protobuf.FieldMask
-	(*timestamppb.Timestamp)(nil),    // 26: google.protobuf.Timestamp
-	(*Account)(nil),                  // 27: crs.v1.Account
-	(*AccountGroup)(nil),             // 28: crs.v1.AccountGroup
-	(*Settings)(nil),                 // 29: crs.v1.Settings
-	(*emptypb.Empty)(nil),            // 30: google.protobuf.Empty
-	(*UsageReport)(nil),              // 31: crs.v1.UsageReport
+	(*CreateApiKeyRequest)(nil),             // 0: crs.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),            // 1: crs.v1.CreateApiKeyResponse
+	(*GetApiKeyRequest)(nil),                // 2: crs.v1.GetApiKeyRequest
+	(*ListApiKeysRequest)(nil),              // 3: crs.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),             // 4: crs.v1.ListApiKeysResponse
+	(*UpdateApiKeyRequest)(nil),             // 5: crs.v1.UpdateApiKeyRequest
+	(*DeleteApiKeyRequest)(nil),             // 6: crs.v1.DeleteApiKeyRequest
+	(*RegenerateApiKeyRequest)(nil),         // 7: crs.v1.RegenerateApiKeyRequest
+	(*GetUsageRequest)(nil),                 // 8: crs.v1.GetUsageRequest
+	(*CreateAccountRequest)(nil),            // 9: crs.v1.CreateAccountRequest
+	(*GetAccountRequest)(nil),               // 10: crs.v1.GetAccountRequest
+	(*ListAccountsRequest)(nil),             // 11: crs.v1.ListAccountsRequest
+	(*ListAccountsResponse)(nil),            // 12: crs.v1.ListAccountsResponse
+	(*UpdateAccountRequest)(nil),            // 13: crs.v1.UpdateAccountRequest
+	(*DeleteAccountRequest)(nil),            // 14: crs.v1.DeleteAccountRequest
+	(*ResetAccountStateRequest)(nil),        // 15: crs.v1.ResetAccountStateRequest
+	(*CreateGroupRequest)(nil),              // 16: crs.v1.CreateGroupRequest
+	(*GetGroupRequest)(nil),                 // 17: crs.v1.GetGroupRequest
+	(*ListGroupsRequest)(nil),               // 18: crs.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),              // 19: crs.v1.ListGroupsResponse
+	(*UpdateGroupRequest)(nil),              // 20: crs.v1.UpdateGroupRequest
+	(*DeleteGroupRequest)(nil),              // 21: crs.v1.DeleteGroupRequest
+	(*GetSettingsRequest)(nil),              // 22: crs.v1.GetSettingsRequest
+	(*UpdateSettingsRequest)(nil),           // 23: crs.v1.UpdateSettingsRequest
+	(*ApiKey)(nil),                          // 24: crs.v1.ApiKey
+	(*fieldmaskpb.FieldMask)(nil),           // 25: google.protobuf.FieldMask
+	(*timestamppb.Timestamp)(nil),           // 26: google.protobuf.Timestamp
+	(*Account)(nil),                         // 27: crs.v1.Account
+	(*AccountGroup)(nil),                    // 28: crs.v1.AccountGroup
+	(*Settings)(nil),                        // 29: crs.v1.Settings
+	(*StartOAuthRequest)(nil),               // 30: crs.v1.StartOAuthRequest
+	(*ExchangeOAuthCodeRequest)(nil),        // 31: crs.v1.ExchangeOAuthCodeRequest
+	(*RefreshAccountTokenRequest)(nil),      // 32: crs.v1.RefreshAccountTokenRequest
+	(*ListNotificationTargetsRequest)(nil),  // 33: crs.v1.ListNotificationTargetsRequest
+	(*PutNotificationTargetsRequest)(nil),   // 34: crs.v1.PutNotificationTargetsRequest
+	(*TestNotificationRequest)(nil),         // 35: crs.v1.TestNotificationRequest
+	(*emptypb.Empty)(nil),                   // 36: google.protobuf.Empty
+	(*UsageReport)(nil),                     // 37: crs.v1.UsageReport
+	(*StartOAuthResponse)(nil),              // 38: crs.v1.StartOAuthResponse
+	(*ListNotificationTargetsResponse)(nil), // 39: crs.v1.ListNotificationTargetsResponse
+	(*TestNotificationResponse)(nil),        // 40: crs.v1.TestNotificationResponse
 }
 var file_crs_v1_admin_proto_depIdxs = []int32{
 	24, // 0: crs.v1.CreateApiKeyRequest.api_key:type_name -> crs.v1.ApiKey
@@ -1516,30 +1532,42 @@ var file_crs_v1_admin_proto_depIdxs = []int32{
 	22, // 36: crs.v1.AdminService.GetSettings:input_type -> crs.v1.GetSettingsRequest
 	23, // 37: crs.v1.AdminService.UpdateSettings:input_type -> crs.v1.UpdateSettingsRequest
 	8,  // 38: crs.v1.AdminService.GetGlobalUsage:input_type -> crs.v1.GetUsageRequest
-	1,  // 39: crs.v1.AdminService.CreateApiKey:output_type -> crs.v1.CreateApiKeyResponse
-	24, // 40: crs.v1.AdminService.GetApiKey:output_type -> crs.v1.ApiKey
-	4,  // 41: crs.v1.AdminService.ListApiKeys:output_type -> crs.v1.ListApiKeysResponse
-	24, // 42: crs.v1.AdminService.UpdateApiKey:output_type -> crs.v1.ApiKey
-	30, // 43: crs.v1.AdminService.DeleteApiKey:output_type -> google.protobuf.Empty
-	1,  // 44: crs.v1.AdminService.RegenerateApiKey:output_type -> crs.v1.CreateApiKeyResponse
-	31, // 45: crs.v1.AdminService.GetApiKeyUsage:output_type -> crs.v1.UsageReport
-	27, // 46: crs.v1.AdminService.CreateAccount:output_type -> crs.v1.Account
-	27, // 47: crs.v1.AdminService.GetAccount:output_type -> crs.v1.Account
-	12, // 48: crs.v1.AdminService.ListAccounts:output_type -> crs.v1.ListAccountsResponse
-	27, // 49: crs.v1.AdminService.UpdateAccount:output_type -> crs.v1.Account
-	30, // 50: crs.v1.AdminService.DeleteAccount:output_type -> google.protobuf.Empty
-	27, // 51: crs.v1.AdminService.ResetAccountState:output_type -> crs.v1.Account
-	31, // 52: crs.v1.AdminService.GetAccountUsage:output_type -> crs.v1.UsageReport
-	28, // 53: crs.v1.AdminService.CreateGroup:output_type -> crs.v1.AccountGroup
-	28, // 54: crs.v1.AdminService.GetGroup:output_type -> crs.v1.AccountGroup
-	19, // 55: crs.v1.AdminService.ListGroups:output_type -> crs.v1.ListGroupsResponse
-	28, // 56: crs.v1.AdminService.UpdateGroup:output_type -> crs.v1.AccountGroup
-	30, // 57: crs.v1.AdminService.DeleteGroup:output_type -> google.protobuf.Empty
-	29, // 58: crs.v1.AdminService.GetSettings:output_type -> crs.v1.Settings
-	29, // 59: crs.v1.AdminService.UpdateSettings:output_type -> crs.v1.Settings
-	31, // 60: crs.v1.AdminService.GetGlobalUsage:output_type -> crs.v1.UsageReport
-	39, // [39:61] is the sub-list for method output_type
-	17, // [17:39] is the sub-list for method input_type
+	30, // 39: crs.v1.AdminService.StartOAuth:input_type -> crs.v1.StartOAuthRequest
+	31, // 40: crs.v1.AdminService.ExchangeOAuthCode:input_type -> crs.v1.ExchangeOAuthCodeRequest
+	32, // 41: crs.v1.AdminService.RefreshAccountToken:input_type -> crs.v1.RefreshAccountTokenRequest
+	33, // 42: crs.v1.AdminService.ListNotificationTargets:input_type -> crs.v1.ListNotificationTargetsRequest
+	34, // 43: crs.v1.AdminService.PutNotificationTargets:input_type -> crs.v1.PutNotificationTargetsRequest
+	35, // 44: crs.v1.AdminService.TestNotification:input_type -> crs.v1.TestNotificationRequest
+	1,  // 45: crs.v1.AdminService.CreateApiKey:output_type -> crs.v1.CreateApiKeyResponse
+	24, // 46: crs.v1.AdminService.GetApiKey:output_type -> crs.v1.ApiKey
+	4,  // 47: crs.v1.AdminService.ListApiKeys:output_type -> crs.v1.ListApiKeysResponse
+	24, // 48: crs.v1.AdminService.UpdateApiKey:output_type -> crs.v1.ApiKey
+	36, // 49: crs.v1.AdminService.DeleteApiKey:output_type -> google.protobuf.Empty
+	1,  // 50: crs.v1.AdminService.RegenerateApiKey:output_type -> crs.v1.CreateApiKeyResponse
+	37, // 51: crs.v1.AdminService.GetApiKeyUsage:output_type -> crs.v1.UsageReport
+	27, // 52: crs.v1.AdminService.CreateAccount:output_type -> crs.v1.Account
+	27, // 53: crs.v1.AdminService.GetAccount:output_type -> crs.v1.Account
+	12, // 54: crs.v1.AdminService.ListAccounts:output_type -> crs.v1.ListAccountsResponse
+	27, // 55: crs.v1.AdminService.UpdateAccount:output_type -> crs.v1.Account
+	36, // 56: crs.v1.AdminService.DeleteAccount:output_type -> google.protobuf.Empty
+	27, // 57: crs.v1.AdminService.ResetAccountState:output_type -> crs.v1.Account
+	37, // 58: crs.v1.AdminService.GetAccountUsage:output_type -> crs.v1.UsageReport
+	28, // 59: crs.v1.AdminService.CreateGroup:output_type -> crs.v1.AccountGroup
+	28, // 60: crs.v1.AdminService.GetGroup:output_type -> crs.v1.AccountGroup
+	19, // 61: crs.v1.AdminService.ListGroups:output_type -> crs.v1.ListGroupsResponse
+	28, // 62: crs.v1.AdminService.UpdateGroup:output_type -> crs.v1.AccountGroup
+	36, // 63: crs.v1.AdminService.DeleteGroup:output_type -> google.protobuf.Empty
+	29, // 64: crs.v1.AdminService.GetSettings:output_type -> crs.v1.Settings
+	29, // 65: crs.v1.AdminService.UpdateSettings:output_type -> crs.v1.Settings
+	37, // 66: crs.v1.AdminService.GetGlobalUsage:output_type -> crs.v1.UsageReport
+	38, // 67: crs.v1.AdminService.StartOAuth:output_type -> crs.v1.StartOAuthResponse
+	27, // 68: crs.v1.AdminService.ExchangeOAuthCode:output_type -> crs.v1.Account
+	27, // 69: crs.v1.AdminService.RefreshAccountToken:output_type -> crs.v1.Account
+	39, // 70: crs.v1.AdminService.ListNotificationTargets:output_type -> crs.v1.ListNotificationTargetsResponse
+	39, // 71: crs.v1.AdminService.PutNotificationTargets:output_type -> crs.v1.ListNotificationTargetsResponse
+	40, // 72: crs.v1.AdminService.TestNotification:output_type -> crs.v1.TestNotificationResponse
+	45, // [45:73] is the sub-list for method output_type
+	17, // [17:45] is the sub-list for method input_type
 	17, // [17:17] is the sub-list for extension type_name
 	17, // [17:17] is the sub-list for extension extendee
 	0,  // [0:17] is the sub-list for field type_name
@@ -1552,6 +1580,8 @@ func file_crs_v1_admin_proto_init() {
 	}
 	file_crs_v1_account_proto_init()
 	file_crs_v1_apikey_proto_init()
+	file_crs_v1_notification_proto_init()
+	file_crs_v1_oauth_proto_init()
 	file_crs_v1_settings_proto_init()
 	file_crs_v1_usage_proto_init()
 	type x struct{}

@@ -20,28 +20,34 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_CreateApiKey_FullMethodName      = "/crs.v1.AdminService/CreateApiKey"
-	AdminService_GetApiKey_FullMethodName         = "/crs.v1.AdminService/GetApiKey"
-	AdminService_ListApiKeys_FullMethodName       = "/crs.v1.AdminService/ListApiKeys"
-	AdminService_UpdateApiKey_FullMethodName      = "/crs.v1.AdminService/UpdateApiKey"
-	AdminService_DeleteApiKey_FullMethodName      = "/crs.v1.AdminService/DeleteApiKey"
-	AdminService_RegenerateApiKey_FullMethodName  = "/crs.v1.AdminService/RegenerateApiKey"
-	AdminService_GetApiKeyUsage_FullMethodName    = "/crs.v1.AdminService/GetApiKeyUsage"
-	AdminService_CreateAccount_FullMethodName     = "/crs.v1.AdminService/CreateAccount"
-	AdminService_GetAccount_FullMethodName        = "/crs.v1.AdminService/GetAccount"
-	AdminService_ListAccounts_FullMethodName      = "/crs.v1.AdminService/ListAccounts"
-	AdminService_UpdateAccount_FullMethodName     = "/crs.v1.AdminService/UpdateAccount"
-	AdminService_DeleteAccount_FullMethodName     = "/crs.v1.AdminService/DeleteAccount"
-	AdminService_ResetAccountState_FullMethodName = "/crs.v1.AdminService/ResetAccountState"
-	AdminService_GetAccountUsage_FullMethodName   = "/crs.v1.AdminService/GetAccountUsage"
-	AdminService_CreateGroup_FullMethodName       = "/crs.v1.AdminService/CreateGroup"
-	AdminService_GetGroup_FullMethodName          = "/crs.v1.AdminService/GetGroup"
-	AdminService_ListGroups_FullMethodName        = "/crs.v1.AdminService/ListGroups"
-	AdminService_UpdateGroup_FullMethodName       = "/crs.v1.AdminService/UpdateGroup"
-	AdminService_DeleteGroup_FullMethodName       = "/crs.v1.AdminService/DeleteGroup"
-	AdminService_GetSettings_FullMethodName       = "/crs.v1.AdminService/GetSettings"
-	AdminService_UpdateSettings_FullMethodName    = "/crs.v1.AdminService/UpdateSettings"
-	AdminService_GetGlobalUsage_FullMethodName    = "/crs.v1.AdminService/GetGlobalUsage"
+	AdminService_CreateApiKey_FullMethodName            = "/crs.v1.AdminService/CreateApiKey"
+	AdminService_GetApiKey_FullMethodName               = "/crs.v1.AdminService/GetApiKey"
+	AdminService_ListApiKeys_FullMethodName             = "/crs.v1.AdminService/ListApiKeys"
+	AdminService_UpdateApiKey_FullMethodName            = "/crs.v1.AdminService/UpdateApiKey"
+	AdminService_DeleteApiKey_FullMethodName            = "/crs.v1.AdminService/DeleteApiKey"
+	AdminService_RegenerateApiKey_FullMethodName        = "/crs.v1.AdminService/RegenerateApiKey"
+	AdminService_GetApiKeyUsage_FullMethodName          = "/crs.v1.AdminService/GetApiKeyUsage"
+	AdminService_CreateAccount_FullMethodName           = "/crs.v1.AdminService/CreateAccount"
+	AdminService_GetAccount_FullMethodName              = "/crs.v1.AdminService/GetAccount"
+	AdminService_ListAccounts_FullMethodName            = "/crs.v1.AdminService/ListAccounts"
+	AdminService_UpdateAccount_FullMethodName           = "/crs.v1.AdminService/UpdateAccount"
+	AdminService_DeleteAccount_FullMethodName           = "/crs.v1.AdminService/DeleteAccount"
+	AdminService_ResetAccountState_FullMethodName       = "/crs.v1.AdminService/ResetAccountState"
+	AdminService_GetAccountUsage_FullMethodName         = "/crs.v1.AdminService/GetAccountUsage"
+	AdminService_CreateGroup_FullMethodName             = "/crs.v1.AdminService/CreateGroup"
+	AdminService_GetGroup_FullMethodName                = "/crs.v1.AdminService/GetGroup"
+	AdminService_ListGroups_FullMethodName              = "/crs.v1.AdminService/ListGroups"
+	AdminService_UpdateGroup_FullMethodName             = "/crs.v1.AdminService/UpdateGroup"
+	AdminService_DeleteGroup_FullMethodName             = "/crs.v1.AdminService/DeleteGroup"
+	AdminService_GetSettings_FullMethodName             = "/crs.v1.AdminService/GetSettings"
+	AdminService_UpdateSettings_FullMethodName          = "/crs.v1.AdminService/UpdateSettings"
+	AdminService_GetGlobalUsage_FullMethodName          = "/crs.v1.AdminService/GetGlobalUsage"
+	AdminService_StartOAuth_FullMethodName              = "/crs.v1.AdminService/StartOAuth"
+	AdminService_ExchangeOAuthCode_FullMethodName       = "/crs.v1.AdminService/ExchangeOAuthCode"
+	AdminService_RefreshAccountToken_FullMethodName     = "/crs.v1.AdminService/RefreshAccountToken"
+	AdminService_ListNotificationTargets_FullMethodName = "/crs.v1.AdminService/ListNotificationTargets"
+	AdminService_PutNotificationTargets_FullMethodName  = "/crs.v1.AdminService/PutNotificationTargets"
+	AdminService_TestNotification_FullMethodName        = "/crs.v1.AdminService/TestNotification"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -76,6 +82,23 @@ type AdminServiceClient interface {
 	UpdateSettings(ctx context.Context, in *UpdateSettingsRequest, opts ...grpc.CallOption) (*Settings, error)
 	// GetGlobalUsage sums usage over every key.
 	GetGlobalUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*UsageReport, error)
+	// StartOAuth begins an authorization-code flow with PKCE (reference §5.1-5.3): it returns the URL
+	// the operator opens in a browser and a session (kept 10 minutes) to exchange the code in.
+	StartOAuth(ctx context.Context, in *StartOAuthRequest, opts ...grpc.CallOption) (*StartOAuthResponse, error)
+	// ExchangeOAuthCode trades the pasted code (or the whole callback URL) for tokens and creates the
+	// account from them, or re-authorizes an existing account (account_id).
+	ExchangeOAuthCode(ctx context.Context, in *ExchangeOAuthCodeRequest, opts ...grpc.CallOption) (*Account, error)
+	// RefreshAccountToken refreshes an OAuth account's access token now (single-flight with the
+	// background refresher, across replicas).
+	RefreshAccountToken(ctx context.Context, in *RefreshAccountTokenRequest, opts ...grpc.CallOption) (*Account, error)
+	// ListNotificationTargets returns where notifications go; secrets come back redacted.
+	ListNotificationTargets(ctx context.Context, in *ListNotificationTargetsRequest, opts ...grpc.CallOption) (*ListNotificationTargetsResponse, error)
+	// PutNotificationTargets replaces the whole list of targets. A secret sent as "" or "REDACTED"
+	// keeps the stored secret of the target with the same id.
+	PutNotificationTargets(ctx context.Context, in *PutNotificationTargetsRequest, opts ...grpc.CallOption) (*ListNotificationTargetsResponse, error)
+	// TestNotification sends a test event to the stored targets (or some of them) and reports,
+	// per target, whether it was delivered.
+	TestNotification(ctx context.Context, in *TestNotificationRequest, opts ...grpc.CallOption) (*TestNotificationResponse, error)
 }
 
 type adminServiceClient struct {
@@ -306,6 +329,66 @@ func (c *adminServiceClient) GetGlobalUsage(ctx context.Context, in *GetUsageReq
 	return out, nil
 }
 
+func (c *adminServiceClient) StartOAuth(ctx context.Context, in *StartOAuthRequest, opts ...grpc.CallOption) (*StartOAuthResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartOAuthResponse)
+	err := c.cc.Invoke(ctx, AdminService_StartOAuth_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ExchangeOAuthCode(ctx context.Context, in *ExchangeOAuthCodeRequest, opts ...grpc.CallOption) (*Account, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Account)
+	err := c.cc.Invoke(ctx, AdminService_ExchangeOAuthCode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RefreshAccountToken(ctx context.Context, in *RefreshAccountTokenRequest, opts ...grpc.CallOption) (*Account, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Account)
+	err := c.cc.Invoke(ctx, AdminService_RefreshAccountToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListNotificationTargets(ctx context.Context, in *ListNotificationTargetsRequest, opts ...grpc.CallOption) (*ListNotificationTargetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListNotificationTargetsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListNotificationTargets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) PutNotificationTargets(ctx context.Context, in *PutNotificationTargetsRequest, opts ...grpc.CallOption) (*ListNotificationTargetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListNotificationTargetsResponse)
+	err := c.cc.Invoke(ctx, AdminService_PutNotificationTargets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) TestNotification(ctx context.Context, in *TestNotificationRequest, opts ...grpc.CallOption) (*TestNotificationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TestNotificationResponse)
+	err := c.cc.Invoke(ctx, AdminService_TestNotification_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -338,6 +421,23 @@ type AdminServiceServer interface {
 	UpdateSettings(context.Context, *UpdateSettingsRequest) (*Settings, error)
 	// GetGlobalUsage sums usage over every key.
 	GetGlobalUsage(context.Context, *GetUsageRequest) (*UsageReport, error)
+	// StartOAuth begins an authorization-code flow with PKCE (reference §5.1-5.3): it returns the URL
+	// the operator opens in a browser and a session (kept 10 minutes) to exchange the code in.
+	StartOAuth(context.Context, *StartOAuthRequest) (*StartOAuthResponse, error)
+	// ExchangeOAuthCode trades the pasted code (or the whole callback URL) for tokens and creates the
+	// account from them, or re-authorizes an existing account (account_id).
+	ExchangeOAuthCode(context.Context, *ExchangeOAuthCodeRequest) (*Account, error)
+	// RefreshAccountToken refreshes an OAuth account's access token now (single-flight with the
+	// background refresher, across replicas).
+	RefreshAccountToken(context.Context, *RefreshAccountTokenRequest) (*Account, error)
+	// ListNotificationTargets returns where notifications go; secrets come back redacted.
+	ListNotificationTargets(context.Context, *ListNotificationTargetsRequest) (*ListNotificationTargetsResponse, error)
+	// PutNotificationTargets replaces the whole list of targets. A secret sent as "" or "REDACTED"
+	// keeps the stored secret of the target with the same id.
+	PutNotificationTargets(context.Context, *PutNotificationTargetsRequest) (*ListNotificationTargetsResponse, error)
+	// TestNotification sends a test event to the stored targets (or some of them) and reports,
+	// per target, whether it was delivered.
+	TestNotification(context.Context, *TestNotificationRequest) (*TestNotificationResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -413,6 +513,24 @@ func (UnimplementedAdminServiceServer) UpdateSettings(context.Context, *UpdateSe
 }
 func (UnimplementedAdminServiceServer) GetGlobalUsage(context.Context, *GetUsageRequest) (*UsageReport, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetGlobalUsage not implemented")
+}
+func (UnimplementedAdminServiceServer) StartOAuth(context.Context, *StartOAuthRequest) (*StartOAuthResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartOAuth not implemented")
+}
+func (UnimplementedAdminServiceServer) ExchangeOAuthCode(context.Context, *ExchangeOAuthCodeRequest) (*Account, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExchangeOAuthCode not implemented")
+}
+func (UnimplementedAdminServiceServer) RefreshAccountToken(context.Context, *RefreshAccountTokenRequest) (*Account, error) {
+	return nil, status.Error(codes.Unimplemented, "method RefreshAccountToken not implemented")
+}
+func (UnimplementedAdminServiceServer) ListNotificationTargets(context.Context, *ListNotificationTargetsRequest) (*ListNotificationTargetsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListNotificationTargets not implemented")
+}
+func (UnimplementedAdminServiceServer) PutNotificationTargets(context.Context, *PutNotificationTargetsRequest) (*ListNotificationTargetsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutNotificationTargets not implemented")
+}
+func (UnimplementedAdminServiceServer) TestNotification(context.Context, *TestNotificationRequest) (*TestNotificationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TestNotification not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -831,6 +949,114 @@ func _AdminService_GetGlobalUsage_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_StartOAuth_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartOAuthRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).StartOAuth(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_StartOAuth_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).StartOAuth(ctx, req.(*StartOAuthRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ExchangeOAuthCode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExchangeOAuthCodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ExchangeOAuthCode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ExchangeOAuthCode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ExchangeOAuthCode(ctx, req.(*ExchangeOAuthCodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RefreshAccountToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RefreshAccountTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RefreshAccountToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RefreshAccountToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RefreshAccountToken(ctx, req.(*RefreshAccountTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListNotificationTargets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListNotificationTargetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListNotificationTargets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListNotificationTargets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListNotificationTargets(ctx, req.(*ListNotificationTargetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_PutNotificationTargets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutNotificationTargetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PutNotificationTargets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PutNotificationTargets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PutNotificationTargets(ctx, req.(*PutNotificationTargetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_TestNotification_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TestNotificationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).TestNotification(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_TestNotification_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).TestNotification(ctx, req.(*TestNotificationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -925,6 +1151,30 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetGlobalUsage",
 			Handler:    _AdminService_GetGlobalUsage_Handler,
+		},
+		{
+			MethodName: "StartOAuth",
+			Handler:    _AdminService_StartOAuth_Handler,
+		},
+		{
+			MethodName: "ExchangeOAuthCode",
+			Handler:    _AdminService_ExchangeOAuthCode_Handler,
+		},
+		{
+			MethodName: "RefreshAccountToken",
+			Handler:    _AdminService_RefreshAccountToken_Handler,
+		},
+		{
+			MethodName: "ListNotificationTargets",
+			Handler:    _AdminService_ListNotificationTargets_Handler,
+		},
+		{
+			MethodName: "PutNotificationTargets",
+			Handler:    _AdminService_PutNotificationTargets_Handler,
+		},
+		{
+			MethodName: "TestNotification",
+			Handler:    _AdminService_TestNotification_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
