@@ -131,6 +131,7 @@ func registerFleet(srv *grpc.Server, d *controlDeps) (run func(context.Context) 
 		OpenAccount:   d.openAccount,
 		Pricing:       prices,
 		TZOffsetHours: d.cfg.Usage.TimezoneOffsetHours,
+		LeaseTTL:      d.cfg.Control.LeaseTTL,
 		FleetToken:    d.fleetToken,
 		LegacySecret:  d.cfg.Security.LegacyEncryptionKey.Value(),
 	})
@@ -185,10 +186,14 @@ func startControl(ctx context.Context, cfg config.Config, encKey []byte, log *za
 	}
 	d := &controlDeps{cfg: cfg, log: log, store: st, sealer: sealer, metrics: metrics.NewSet(), fleetToken: fleetToken}
 
-	adminSvc, err := admin.New(admin.Options{
+	keeping, err := newAccountKeeping(cfg, st, sealer, log)
+	if err != nil {
+		return nil, err
+	}
+	adminSvc, err := admin.New(keeping.adminOptions(admin.Options{
 		Store: st, Sealer: sealer, HMACSecret: hmacSecret, Logger: log.Named("admin"),
 		TimeZone: admin.TimeZone(cfg.Usage.TimezoneOffsetHours),
-	})
+	}))
 	if err != nil {
 		return nil, err
 	}
@@ -238,12 +243,14 @@ func startControl(ctx context.Context, cfg config.Config, encKey []byte, log *za
 	}()
 	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	cp.bgCancel = cancel
-	if fleetRun != nil {
+	loops := keeping.loops()
+	loops["fleet service"] = fleetRun
+	for name, run := range loops {
 		cp.bg.Add(1)
 		go func() {
 			defer cp.bg.Done()
-			if err := fleetRun(bgCtx); err != nil && !errors.Is(err, context.Canceled) {
-				log.Error("fleet service stopped", zap.Error(err))
+			if err := run(bgCtx); !isStop(err) {
+				log.Error(name+" stopped", zap.Error(err))
 			}
 		}()
 	}

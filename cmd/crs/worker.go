@@ -94,5 +94,7 @@ func newWorker(cfg config.Config, log *zap.Logger, controlAddr, fleetToken strin
 		MaxBodySize: cfg.Server.MaxBodyMB << 20,
 		Version:     version,
 		Metrics:     set,
+		// Days and weeks of cost limits, in the zone the control plane labels spend with.
+		TimezoneOffsetHours: cfg.Usage.TimezoneOffsetHours,
 	}), nil
 }

@@ -52,3 +52,17 @@ func TestHitPathAllocs(t *testing.T) {
 		require.Zero(t, allocs)
 	})
 }
+
+// TestUnlimitedKeyPolicyAllocs pins what a key without restrictions or limits costs after
+// Authenticate: Policy.Applies says no and the model check passes, without allocating.
+func TestUnlimitedKeyPolicyAllocs(t *testing.T) {
+	p := NewPolicy(PolicyOptions{TZOffsetHours: 8})
+	k := &crsv1.ApiKey{Id: "k", IsActive: true, ConcurrencyLimit: 3, EnableModelRestriction: true, RestrictedModels: []string{"x"}}
+	st := policyState(t, k, nil, nil)
+	allocs := testing.AllocsPerRun(200, func() {
+		if p.Applies(k, st) || CheckModel(k, "claude-sonnet-4-5") != nil {
+			t.Fatal("refused")
+		}
+	})
+	require.Zero(t, allocs)
+}

@@ -165,18 +165,6 @@ func TestAuthenticateFollowsSecretChange(t *testing.T) {
 	require.NoError(t, err)
 }
 
-func TestChecksRun(t *testing.T) {
-	var calls []string
-	step := func(name string, err error) Check {
-		return func(*Input) error { calls = append(calls, name); return err }
-	}
-	boom := errors.New("boom")
-	err := Checks{step("a", nil), step("b", boom), step("c", nil)}.Run(&Input{})
-	require.ErrorIs(t, err, boom)
-	require.Equal(t, []string{"a", "b"}, calls)
-	require.NoError(t, PolicyChecks().Run(&Input{}))
-}
-
 func BenchmarkExtractAndAuthenticate(b *testing.B) {
 	st := testState(b, hmacKey(goodKey, &crsv1.ApiKey{Id: "k", IsActive: true}))
 	req := request(map[string]string{"Authorization": "Bearer " + goodKey}, "")

@@ -1,10 +1,14 @@
 // Package auth finds the crs key a client presented and checks it against the pushed snapshot
 // (reference §1.2 and §2.3): extraction, hashing, lookup, and the key's own validity (active,
-// expiry, owner). Policy steps that follow (client restrictions, concurrency, windows, cost caps)
-// plug into Checks. Refusals are Rejection errors carrying the exact client-visible status and JSON.
+// expiry, activation, owner) in Authenticate; then, in Policy, the steps that need nothing but the
+// snapshot: client restrictions (validators as data, ClientSpec), the fixed window as pushed, and
+// the daily, total and weekly cost caps; and the model blacklist of the Messages routes
+// (CheckModel). Refusals carry the exact client-visible status, headers and JSON: Rejection for
+// the fixed 401s, apierr.Error for the rest.
 //
-// It reads only the snapshot: no RPC, no store. It depends on snapshot, internal/keyhash, gen and
-// fasthttp.
+// It reads only the snapshot: no RPC, no store. Concurrency leases and the authoritative request
+// count of a window need the control plane; the worker takes them (dataplane/worker admission.go).
+// It depends on snapshot, apierr, internal/keyhash, gen and fasthttp.
 package auth
 
 import (

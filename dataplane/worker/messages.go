@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/crsrelay/crs/dataplane/apierr"
+	"github.com/crsrelay/crs/dataplane/auth"
 	"github.com/crsrelay/crs/dataplane/fleetclient"
 	"github.com/crsrelay/crs/dataplane/relay"
 	"github.com/crsrelay/crs/dataplane/sched"
@@ -72,8 +73,11 @@ func (w *Worker) messages(ctx *fasthttp.RequestCtx, c *call) {
 		writeJSON(ctx, fasthttp.StatusBadRequest, bodyMessagesEmpty)
 		return
 	}
-	// NEXT ISSUE (policy): model blacklist, reference §1.3 step 3: when enable_model_restriction and
-	// restricted_models contains m.Model -> 403 {"error":{"type":"forbidden","message":"暂无该模型访问权限"}}.
+	// Reference §1.3 step 3: the model blacklist.
+	if err := auth.CheckModel(c.key, m.Model); err != nil {
+		writeError(ctx, err)
+		return
+	}
 	w.relayClaude(ctx, c, relay.OpMessages, m)
 }
 
@@ -96,6 +100,11 @@ func (w *Worker) countTokens(ctx *fasthttp.RequestCtx, c *call) {
 // the outcome.
 func (w *Worker) relayClaude(ctx *fasthttp.RequestCtx, c *call, op string, m sched.Messages) {
 	started := ctx.Time()
+	// Concurrency and window admission (admission.go); nil and no round trip for unlimited keys.
+	adm, ok := w.admit(ctx, c, op == relay.OpCountTokens)
+	if !ok {
+		return
+	}
 	sel := w.sched.Claude(ctx, sched.Request{
 		State:       c.state,
 		Key:         c.key,
@@ -108,8 +117,15 @@ func (w *Worker) relayClaude(ctx *fasthttp.RequestCtx, c *call, op string, m sch
 			ce.Write(zap.String("request_id", c.id), zap.String("key_id", c.key.GetId()),
 				zap.String("model", m.Model), zap.String("reason", sel.Reason))
 		}
+		adm.release()
 		writeError(ctx, apierr.New(fasthttp.StatusInternalServerError, apierr.ShapeFlatTimestamp,
 			"Relay service error", "No available Claude accounts support the requested model: "+m.Model))
+		return
+	}
+	cands, err := adm.candidates(sel)
+	if err != nil {
+		adm.release()
+		writeError(ctx, err)
 		return
 	}
 	req := &relay.Request{
@@ -134,11 +150,12 @@ func (w *Worker) relayClaude(ctx *fasthttp.RequestCtx, c *call, op string, m sch
 	var once atomic.Bool
 	done := func(o *relay.Outcome) {
 		if once.CompareAndSwap(false, true) {
+			adm.release()
 			w.finish(route, req, sel, o)
 		}
 	}
 	c.relayDone = func(status int) { done(&relay.Outcome{Status: status}) }
-	w.relay.Serve(ctx, req, sel, done)
+	w.relay.Serve(ctx, req, cands, done)
 }
 
 // finish runs once per relayed request, when the response is complete (possibly on the stream
@@ -229,20 +246,36 @@ func fillUsage(u *crsv1.UsageRecord, req *relay.Request, o *relay.Outcome) {
 
 // forwardHeaders is the client header allow-list of reference §1.3.1 (src/utils/headerFilter.js
 // filterForClaude), lowercase, without the hop-by-hop "connection". Everything else, the client's
-// x-api-key and authorization first of all, stays in the worker.
-var forwardHeaders = map[string]struct{}{
-	"accept": {}, "accept-language": {}, "anthropic-beta": {}, "anthropic-version": {},
-	"anthropic-dangerous-direct-browser-access": {}, "content-type": {}, "sec-fetch-mode": {},
-	"user-agent": {}, "x-app": {},
-	"x-stainless-arch": {}, "x-stainless-helper-method": {}, "x-stainless-lang": {}, "x-stainless-os": {},
-	"x-stainless-package-version": {}, "x-stainless-retry-count": {}, "x-stainless-runtime": {},
-	"x-stainless-runtime-version": {}, "x-stainless-timeout": {},
-}
+// x-api-key and authorization first of all, stays in the worker. Each name maps to itself, so that
+// forwardedHeaders reuses these strings instead of allocating names.
+var forwardHeaders = func() map[string]string {
+	m := map[string]string{}
+	for _, h := range []string{
+		"accept", "accept-language", "anthropic-beta", "anthropic-version",
+		"anthropic-dangerous-direct-browser-access", "content-type", "sec-fetch-mode",
+		"user-agent", "x-app",
+		"x-stainless-arch", "x-stainless-helper-method", "x-stainless-lang", "x-stainless-os",
+		"x-stainless-package-version", "x-stainless-retry-count", "x-stainless-runtime",
+		"x-stainless-runtime-version", "x-stainless-timeout",
+	} {
+		m[h] = h
+	}
+	return m
+}()
 
-// forwardedHeaders copies the allow-listed client headers, with lowercase names.
+// forwardedHeaders copies the allow-listed client headers, with lowercase names. The values are
+// copied into one string that they share (two allocations per request, not one per header).
 func forwardedHeaders(h *fasthttp.RequestHeader) []relay.Header {
-	out := make([]relay.Header, 0, 12)
-	var buf [64]byte
+	type span struct {
+		name       string
+		start, end int
+	}
+	var (
+		arr    [24]span
+		found  = arr[:0]
+		values = make([]byte, 0, 512)
+		buf    [64]byte
+	)
 	for k, v := range h.All() {
 		if len(k) > len(buf) {
 			continue
@@ -254,9 +287,17 @@ func forwardedHeaders(h *fasthttp.RequestHeader) []relay.Header {
 			}
 			lk[i] = ch
 		}
-		if _, ok := forwardHeaders[string(lk)]; ok {
-			out = append(out, relay.Header{Name: string(lk), Value: string(v)})
+		name, ok := forwardHeaders[string(lk)]
+		if !ok {
+			continue
 		}
+		found = append(found, span{name, len(values), len(values) + len(v)})
+		values = append(values, v...)
+	}
+	all := string(values)
+	out := make([]relay.Header, len(found))
+	for i, f := range found {
+		out[i] = relay.Header{Name: f.name, Value: all[f.start:f.end]}
 	}
 	return out
 }

@@ -169,16 +169,18 @@ func (w *Worker) authenticate(ctx *fasthttp.RequestCtx, c *call) bool {
 		return false
 	}
 	c.state, c.key = st, key
-	if len(w.checks) > 0 {
+	if w.policy.Applies(key, st) {
 		in := auth.Input{
 			Key:         key,
 			State:       st,
 			Path:        ctx.Path(),
 			UserAgent:   ctx.Request.Header.UserAgent(),
+			Header:      &ctx.Request.Header,
+			Body:        ctx.PostBody(),
 			CountTokens: c.route.name == routeCountTokens,
 			Now:         now,
 		}
-		if err := w.checks.Run(&in); err != nil {
+		if err := w.policy.Check(&in); err != nil {
 			w.reject(ctx, c, err)
 			return false
 		}

@@ -83,8 +83,14 @@ type Options struct {
 	// Metrics receives the worker's metrics; nil creates a private set. GET /metrics writes it,
 	// the fleet client's metrics and the process metrics.
 	Metrics *metrics.Set
-	// Now is the clock; default time.Now.
+	// Now is the clock; default time.Now. Limit windows, days and weeks are judged by it.
 	Now func() time.Time
+	// TimezoneOffsetHours is the fixed UTC offset that days and weeks of cost limits are counted
+	// in (config usage.timezone_offset_hours; it must be the control plane's). Zero = UTC.
+	TimezoneOffsetHours int
+	// Admitter grants concurrency leases and counts window requests; default
+	// fleetclient.NewAdmitter(Fleet), which Run closes.
+	Admitter Admitter
 }
 
 // Worker is the data-plane HTTP server. Build it with New, start it with Run.
@@ -95,7 +101,8 @@ type Worker struct {
 	fleet  *fleetclient.Client
 	sched  *sched.Scheduler
 	auth   auth.Authenticator
-	checks auth.Checks
+	policy *auth.Policy
+	adm    *admissions
 	srv    *fasthttp.Server
 	routes map[string]*route
 	m      *workerMetrics
@@ -145,9 +152,10 @@ func New(opts Options) *Worker {
 		relay:  opts.Relay,
 		fleet:  opts.Fleet,
 		sched:  opts.Scheduler,
-		checks: auth.PolicyChecks(),
+		policy: auth.NewPolicy(auth.PolicyOptions{TZOffsetHours: opts.TimezoneOffsetHours}),
 		now:    opts.Now,
 	}
+	w.adm = newAdmissions(opts, opts.Logger)
 	if w.sched == nil {
 		var b sched.Binder
 		if w.fleet != nil {
@@ -222,6 +230,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	cancel()
 	w.sched.Wait()
+	actx, acancel := context.WithTimeout(context.Background(), 5*time.Second)
+	w.adm.close(actx) // releases of the last requests are sent; leases not released expire
+	acancel()
 	stopFleet()
 	<-fleetDone
 	if err := w.fleet.Close(); err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -38,7 +39,7 @@ var hmacSecret = []byte("worker-test-hmac-secret-32-bytes")
 // env is a worker wired to a fake control plane (real gRPC on loopback), the real relay and the
 // mock Anthropic upstream.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	cp       *fleettest.Server
 	upstream *mockupstream.Server
 	upURL    string
@@ -54,9 +55,11 @@ type envOpts struct {
 	relay       Relayer
 	noSnapshot  bool
 	flushWindow time.Duration
+	// quiet logs nothing (benchmarks), instead of everything to the test log.
+	quiet bool
 }
 
-func startEnv(t *testing.T, o envOpts) *env {
+func startEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	e := &env{t: t, cp: fleettest.Start(t, fleetToken), client: &fasthttp.Client{}}
 	e.upstream = mockupstream.New(mockupstream.Config{})
@@ -69,6 +72,9 @@ func startEnv(t *testing.T, o envOpts) *env {
 	}
 
 	logger := zaptest.NewLogger(t)
+	if o.quiet {
+		logger = zap.NewNop()
+	}
 	e.fleet, err = fleetclient.New(fleetclient.Options{
 		Addr:          e.cp.Addr(),
 		Token:         fleetToken,

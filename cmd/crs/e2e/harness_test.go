@@ -142,6 +142,8 @@ type controlOpts struct {
 	// ClaudeBaseURL is where claude-official accounts go (the mock).
 	ClaudeBaseURL string
 	EncryptionKey string
+	// Env is added to the control plane's environment (CRS_... overrides).
+	Env []string
 }
 
 func startControl(t *testing.T, o controlOpts) *controlPlane {
@@ -177,6 +179,7 @@ func startControl(t *testing.T, o controlOpts) *controlPlane {
 	if o.RedisURL != "" {
 		cp.env = append(cp.env, "CRS_STORE__DRIVER=redis", "CRS_STORE__REDIS_URL="+o.RedisURL)
 	}
+	cp.env = append(cp.env, o.Env...)
 	cp.proc = startProc(t, "control", cp.env, "control")
 	waitHTTP(t, cp.httpURL+"/readyz", 200, 30*time.Second)
 	return cp

@@ -20,6 +20,7 @@ type Config struct {
 	Upstream   Upstream   `toml:"upstream"`
 	Usage      Usage      `toml:"usage"`
 	Scheduling Scheduling `toml:"scheduling"`
+	OAuth      OAuth      `toml:"oauth"`
 }
 
 // Server is the worker's client-facing HTTP listener.
@@ -42,6 +43,9 @@ type Control struct {
 	HTTPPort int `toml:"http_port"`
 	// ShutdownTimeout bounds a graceful stop; in-flight calls still running then are cut.
 	ShutdownTimeout time.Duration `toml:"shutdown_timeout"`
+	// LeaseTTL is how long a concurrency lease lives without renewal: workers renew theirs every
+	// third of it, so it is also how long the slots of a worker that died stay taken.
+	LeaseTTL time.Duration `toml:"lease_ttl"`
 }
 
 // Worker is how a worker reaches the control plane and survives without it.
@@ -121,11 +125,37 @@ type Scheduling struct {
 	MaxAttempts int `toml:"max_attempts"`
 }
 
+// OAuth configures the control plane's OAuth flows and token refresh. Endpoint and client keys
+// left empty use the reference's values (controlplane/oauth.DefaultProviders); set them when a
+// provider moves its endpoints (it has happened before).
+type OAuth struct {
+	// RefreshMargin: access tokens expiring within it are refreshed ahead of time.
+	RefreshMargin time.Duration `toml:"refresh_margin"`
+	// RefreshInterval is how often accounts are scanned for tokens about to expire.
+	RefreshInterval time.Duration `toml:"refresh_interval"`
+	// Claude (also the setup-token flow).
+	ClaudeAuthorizeURL string `toml:"claude_authorize_url"`
+	ClaudeTokenURL     string `toml:"claude_token_url"`
+	ClaudeClientID     string `toml:"claude_client_id"`
+	ClaudeRedirectURI  string `toml:"claude_redirect_uri"`
+	// OpenAI / Codex.
+	OpenAIAuthorizeURL string `toml:"openai_authorize_url"`
+	OpenAITokenURL     string `toml:"openai_token_url"`
+	OpenAIClientID     string `toml:"openai_client_id"`
+	OpenAIRedirectURI  string `toml:"openai_redirect_uri"`
+	// Gemini (gemini-cli's Google OAuth client).
+	GeminiAuthorizeURL string `toml:"gemini_authorize_url"`
+	GeminiTokenURL     string `toml:"gemini_token_url"`
+	GeminiClientID     string `toml:"gemini_client_id"`
+	GeminiClientSecret Secret `toml:"gemini_client_secret"`
+	GeminiRedirectURI  string `toml:"gemini_redirect_uri"`
+}
+
 // Default returns the configuration used when nothing overrides it.
 func Default() Config {
 	return Config{
 		Server:  Server{Host: "0.0.0.0", Port: 3000, MaxBodyMB: 60},
-		Control: Control{Host: "0.0.0.0", GRPCPort: 9090, HTTPPort: 8080, ShutdownTimeout: 10 * time.Second},
+		Control: Control{Host: "0.0.0.0", GRPCPort: 9090, HTTPPort: 8080, ShutdownTimeout: 10 * time.Second, LeaseTTL: 30 * time.Second},
 		Worker: Worker{
 			ControlAddr: "127.0.0.1:9090",
 			StaleAfter:  30 * time.Minute,
@@ -141,6 +171,7 @@ func Default() Config {
 		},
 		Usage:      Usage{TimezoneOffsetHours: 8},
 		Scheduling: Scheduling{StickyTTL: time.Hour, MaxAttempts: 3},
+		OAuth:      OAuth{RefreshMargin: 5 * time.Minute, RefreshInterval: time.Minute},
 	}
 }
 

@@ -95,12 +95,13 @@ func TestLoadConfigFromEnvPath(t *testing.T) {
 func TestEveryKeyHasAnEnvOverride(t *testing.T) {
 	c := Default()
 	fields := fieldsOf(&c)
-	require.Len(t, fields, 27, "update this count (and the example file) when adding keys")
+	require.Len(t, fields, 43, "update this count (and the example file) when adding keys")
 	var env []string
 	for name := range fields {
 		v := "override-value"
 		switch {
-		case strings.HasSuffix(name, "TIMEOUT") || strings.HasSuffix(name, "TTL") || strings.HasSuffix(name, "AFTER"):
+		case strings.HasSuffix(name, "TIMEOUT") || strings.HasSuffix(name, "TTL") || strings.HasSuffix(name, "AFTER") ||
+			strings.HasSuffix(name, "MARGIN") || strings.HasSuffix(name, "INTERVAL"):
 			v = "7s"
 		case strings.HasSuffix(name, "PORT") || strings.HasSuffix(name, "_MB") || strings.HasSuffix(name, "BUFFER") ||
 			strings.HasSuffix(name, "HOURS") || strings.HasSuffix(name, "ATTEMPTS"):

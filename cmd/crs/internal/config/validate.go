@@ -41,6 +41,7 @@ func (c *Config) Validate() error {
 		add("control.http_port", "must differ from control.grpc_port (%d)", c.Control.GRPCPort)
 	}
 	positive("control.shutdown_timeout", int64(c.Control.ShutdownTimeout), "duration")
+	positive("control.lease_ttl", int64(c.Control.LeaseTTL), "duration")
 
 	if host, p, err := net.SplitHostPort(c.Worker.ControlAddr); err != nil || host == "" {
 		add("worker.control_addr", "must be host:port, got %q", c.Worker.ControlAddr)
@@ -100,6 +101,17 @@ func (c *Config) Validate() error {
 	}
 
 	positive("scheduling.sticky_ttl", int64(c.Scheduling.StickyTTL), "duration")
+	positive("oauth.refresh_margin", int64(c.OAuth.RefreshMargin), "duration")
+	positive("oauth.refresh_interval", int64(c.OAuth.RefreshInterval), "duration")
+	for key, v := range map[string]string{
+		"oauth.claude_authorize_url": c.OAuth.ClaudeAuthorizeURL, "oauth.claude_token_url": c.OAuth.ClaudeTokenURL,
+		"oauth.openai_authorize_url": c.OAuth.OpenAIAuthorizeURL, "oauth.openai_token_url": c.OAuth.OpenAITokenURL,
+		"oauth.gemini_authorize_url": c.OAuth.GeminiAuthorizeURL, "oauth.gemini_token_url": c.OAuth.GeminiTokenURL,
+	} {
+		if u, err := url.Parse(v); v != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
+			add(key, "must be an http(s) URL, got %q", v)
+		}
+	}
 	if c.Scheduling.MaxAttempts < 1 || c.Scheduling.MaxAttempts > 10 {
 		add("scheduling.max_attempts", "must be 1-10, got %d", c.Scheduling.MaxAttempts)
 	}
