@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -97,6 +98,62 @@ func TestStreamDeliversEachEventBeforeTheNextIsSent(t *testing.T) {
 				"event %d arrived at %v, after event %d was sent at %v", i, arrived, i+1, next)
 		}
 	}
+	f.outcome(t)
+}
+
+// Events the upstream sent together reach the client together, in one chunk; events that follow
+// after a pause come in a later chunk, sent before the pause ends.
+func TestStreamCoalescesEventsReceivedTogether(t *testing.T) {
+	first := []string{sseStart, ssePing, sseBlock, sseDelta, sseDelta2}
+	second := []string{sseStop, sseEnd, sseMStop}
+	secondSent := make(chan time.Time, 1)
+	up := rawUpstream(t, func(c net.Conn) {
+		w := bufio.NewWriter(c)
+		fmt.Fprint(w, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+		write := func(events []string) {
+			for _, ev := range events {
+				fmt.Fprintf(w, "%x\r\n%s\r\n", len(ev), ev)
+			}
+		}
+		write(first)
+		_ = w.Flush()
+		time.Sleep(300 * time.Millisecond)
+		secondSent <- time.Now()
+		write(second)
+		fmt.Fprint(w, "0\r\n\r\n")
+		_ = w.Flush()
+	})
+	f := newFront(t, Options{}, official("a", up))
+
+	conn, err := net.Dial("tcp", strings.TrimPrefix(f.URL, "http://"))
+	require.NoError(t, err)
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(streamReq), streamReq)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, []string{"chunked"}, resp.TransferEncoding)
+	// Read the chunks by hand (http.ReadResponse hides them).
+	var chunks []string
+	var arrived []time.Time
+	for {
+		line, err := br.ReadString('\n')
+		require.NoError(t, err)
+		var n int
+		_, err = fmt.Sscanf(line, "%x", &n)
+		require.NoError(t, err, "chunk size line %q", line)
+		if n == 0 {
+			break
+		}
+		buf := make([]byte, n+2)
+		_, err = io.ReadFull(br, buf)
+		require.NoError(t, err)
+		chunks = append(chunks, string(buf[:n]))
+		arrived = append(arrived, time.Now())
+	}
+	require.Equal(t, []string{strings.Join(first, ""), strings.Join(second, "")}, chunks)
+	require.True(t, arrived[0].Before(<-secondSent), "the first events waited for the later ones")
 	f.outcome(t)
 }
 

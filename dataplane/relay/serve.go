@@ -51,6 +51,7 @@ const (
 const (
 	maxEvent           = 4 << 20
 	keepSplitterBuffer = 64 << 10
+	keepBatchBuffer    = 64 << 10
 )
 
 // Relay forwards client requests to upstream accounts. It is safe for concurrent use; one Relay
@@ -62,6 +63,7 @@ type Relay struct {
 	official  *claude.Official
 	console   claude.Console
 	splitters sync.Pool // *sse.Splitter, reset, buffer at most keepSplitterBuffer
+	batches   sync.Pool // *[]byte, empty, capacity at most keepBatchBuffer
 }
 
 // New returns a Relay with o's zero fields set to their defaults.
@@ -382,4 +384,21 @@ func (r *Relay) getSplitter() *sse.Splitter {
 func (r *Relay) putSplitter(s *sse.Splitter) {
 	s.Reset(nil, keepSplitterBuffer)
 	r.splitters.Put(s)
+}
+
+// getBatch returns a pooled, empty buffer for the events a stream holds (streamBody.WriteTo).
+func (r *Relay) getBatch() *[]byte {
+	if b, ok := r.batches.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, 4<<10)
+	return &b
+}
+
+func (r *Relay) putBatch(b *[]byte) {
+	if cap(*b) > keepBatchBuffer {
+		return
+	}
+	*b = (*b)[:0]
+	r.batches.Put(b)
 }

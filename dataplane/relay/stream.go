@@ -32,13 +32,14 @@ func (c *call) stream(acct *crsv1.Account, up platform.Upstream, model string, r
 		acct:  acct,
 		model: model,
 		resp:  resp,
+		conn:  connOf(resp),
 		sp:    sp,
 		usage: up.NewUsage(),
 	}, -1)
 }
 
 // streamBody is the body of a streamed answer. fasthttp pulls it on the connection's goroutine after
-// the handler returned: through WriteTo, which writes each SSE event as one chunk and flushes it, or
+// the handler returned: through WriteTo, which writes the events as chunks and flushes them, or
 // through Read. It owns the upstream response, the splitter and the call until CloseWithError, which
 // fasthttp calls exactly once when it is done with the body (also when the client left or the
 // response was replaced), and which ends the request. It must not touch the RequestCtx (call.ctx).
@@ -48,6 +49,9 @@ type streamBody struct {
 	acct  *crsv1.Account
 	model string
 	resp  *fasthttp.Response
+	// conn is the upstream connection resp is read from, nil if unknown (then every event is
+	// flushed on its own).
+	conn  *deadlineConn
 	sp    *sse.Splitter
 	usage platform.UsageReader
 
@@ -61,27 +65,92 @@ type streamBody struct {
 	// upstreamErr is why the upstream stream broke, nil if it ended normally.
 	upstreamErr error
 	errBuf      []byte
+
+	// WriteTo state: the client writer, events received but not written yet, bytes written, and
+	// the error that ended writing (the client left).
+	w       io.Writer
+	batch   *[]byte
+	written int64
+	werr    error
 }
 
-// SupportsBodyWriteTo implements [fasthttp.BodyWriterTo]: WriteTo does exactly what Read does.
+// maxBatch is how many bytes of events WriteTo holds before it writes them even though more are
+// already received.
+const maxBatch = 32 << 10
+
+// SupportsBodyWriteTo implements [fasthttp.BodyWriterTo]: WriteTo sends what Read would, and
+// each event reaches the client before the relay waits for the next one.
 func (b *streamBody) SupportsBodyWriteTo() bool { return true }
 
-// WriteTo writes the stream event by event; fasthttp turns each Write into one flushed chunk. An
-// error from w means the client is gone: WriteTo stops reading upstream and returns it, and
-// CloseWithError closes the upstream connection.
+// WriteTo writes the stream to w, which fasthttp turns into one flushed chunk per Write. Events
+// that arrived together are written together: each event is held only while the next one is
+// already received, and everything held is written before the relay waits for the upstream
+// (beforeRead, called by the upstream connection before it reads from the network). So the client
+// sees every event as soon as a relay writing one chunk per event would, with one write instead of
+// one per event when the upstream sends faster than the client reads. An error from w means the
+// client is gone: WriteTo stops reading upstream and returns it, and CloseWithError closes the
+// upstream connection.
 func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
-	var n int64
+	if b.conn == nil {
+		return b.writeEach(w)
+	}
+	b.w = w
+	b.batch = b.r.getBatch()
+	b.conn.setReader(b)
+	for {
+		ev, err := b.next()
+		if b.werr != nil {
+			return b.written, b.werr
+		}
+		if err != nil {
+			return b.written, b.flush()
+		}
+		*b.batch = append(*b.batch, ev...)
+		if len(*b.batch) >= maxBatch {
+			if err := b.flush(); err != nil {
+				return b.written, err
+			}
+		}
+	}
+}
+
+// writeEach writes every event as its own chunk, for a stream whose connection is unknown.
+func (b *streamBody) writeEach(w io.Writer) (int64, error) {
 	for {
 		ev, err := b.next()
 		if err != nil {
-			return n, nil
+			return b.written, nil
 		}
 		m, err := w.Write(ev)
-		n += int64(m)
+		b.written += int64(m)
 		if err != nil {
-			return n, err
+			return b.written, err
 		}
 	}
+}
+
+// beforeRead implements netReader: the upstream connection is about to wait for bytes, so
+// everything received goes to the client first. A failed write fails the read, which ends the
+// stream without waiting for the upstream.
+func (b *streamBody) beforeRead() error {
+	if b.werr != nil {
+		return b.werr
+	}
+	return b.flush()
+}
+
+// flush writes the held events as one chunk.
+func (b *streamBody) flush() error {
+	if b.werr != nil || len(*b.batch) == 0 {
+		return b.werr
+	}
+	m, err := b.w.Write(*b.batch)
+	b.written += int64(m)
+	*b.batch = (*b.batch)[:0]
+	if err != nil {
+		b.werr = err
+	}
+	return err
 }
 
 // Read implements io.Reader for consumers that do not use WriteTo: it returns at most one event per
@@ -121,6 +190,9 @@ func (b *streamBody) next() ([]byte, error) {
 	if errors.Is(err, io.EOF) {
 		return nil, io.EOF
 	}
+	if b.werr != nil {
+		return nil, b.werr // the read failed because the client is gone (beforeRead)
+	}
 	// The upstream connection broke or stalled for IdleTimeout after the answer started: failover
 	// is over, so the client gets the error in-band, as Anthropic reports one (STYLE §3).
 	b.upstreamErr = err
@@ -148,6 +220,15 @@ func (b *streamBody) CloseWithError(err error) error {
 			ce.Write(zap.String("request_id", b.req.RequestID), zap.String("account_id", b.acct.GetId()), zap.Error(err))
 		}
 	}
+	if b.conn != nil {
+		b.conn.setReader(nil)
+		b.conn = nil
+	}
+	if b.batch != nil {
+		b.r.putBatch(b.batch)
+		b.batch = nil
+	}
+	b.w = nil
 	_ = b.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(b.resp)
 	b.resp = nil

@@ -30,7 +30,9 @@ func newTransport(o *Options) *transport {
 		if err != nil {
 			return nil, err
 		}
-		return &deadlineConn{Conn: c, firstByte: o.FirstByteTimeout, idle: o.IdleTimeout}, nil
+		dc := &deadlineConn{Conn: c, firstByte: o.FirstByteTimeout, idle: o.IdleTimeout}
+		dc.addr = connAddr{Addr: c.LocalAddr(), conn: dc}
+		return dc, nil
 	}
 	base := func() *fasthttp.Client {
 		return &fasthttp.Client{
@@ -75,12 +77,47 @@ func retryStaleConn(_ *fasthttp.Request, attempts int, err error) (resetTimeout,
 // deadlineConn bounds every read from an upstream: the first read after a request was written may
 // wait firstByte (the upstream thinks before it answers), every other read idle (the gap between
 // two chunks of a stream). fasthttp uses a connection from one goroutine at a time, and the pool
-// hands it over with a lock, so the field needs no synchronisation.
+// hands it over with a lock, so the fields need no synchronisation.
+//
+// A stream being relayed also registers itself as the connection's reader (setReader): it is told
+// before every read that goes to the network, which is when it must flush what it holds for the
+// client (streamBody.beforeRead).
 type deadlineConn struct {
 	net.Conn
 	firstByte, idle time.Duration
 	awaiting        bool // a request was written and no byte of its answer was read yet
+	addr            connAddr
+	reader          netReader
 }
+
+// netReader is told before each read from the network; an error it returns fails that read.
+type netReader interface {
+	beforeRead() error
+}
+
+// connAddr is the local address of a deadlineConn, and the way back to it from a response:
+// fasthttp records the connection's LocalAddr in the Response it reads (Response.ParseNetConn) and
+// has no other accessor for the connection.
+type connAddr struct {
+	net.Addr
+	conn *deadlineConn
+}
+
+// LocalAddr implements [net.Conn]: the connection's address, as a *connAddr (see connOf).
+func (c *deadlineConn) LocalAddr() net.Addr { return &c.addr }
+
+// connOf returns the connection resp was read from, nil when it did not come through a relay
+// transport.
+func connOf(resp *fasthttp.Response) *deadlineConn {
+	if a, ok := resp.LocalAddr().(*connAddr); ok {
+		return a.conn
+	}
+	return nil
+}
+
+// setReader registers r to be told before each network read, until setReader(nil). Only the
+// goroutine that owns the response read from c may call it.
+func (c *deadlineConn) setReader(r netReader) { c.reader = r }
 
 func (c *deadlineConn) Write(p []byte) (int, error) {
 	c.awaiting = true
@@ -88,6 +125,11 @@ func (c *deadlineConn) Write(p []byte) (int, error) {
 }
 
 func (c *deadlineConn) Read(p []byte) (int, error) {
+	if c.reader != nil {
+		if err := c.reader.beforeRead(); err != nil {
+			return 0, err
+		}
+	}
 	d := c.idle
 	if c.awaiting {
 		d = c.firstByte

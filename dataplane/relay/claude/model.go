@@ -25,13 +25,13 @@ func spliceModel(body []byte, model string) (out []byte, ok bool) {
 // top-level member key of the JSON object body. It validates only as much as it needs to walk the
 // object; on malformed input it returns ok=false rather than guessing.
 func findTopLevelString(body []byte, key string) (start, end int, ok bool) {
-	i := skipSpace(body, 0)
+	i := skipWS(body, 0)
 	if i >= len(body) || body[i] != '{' {
 		return 0, 0, false
 	}
 	i++
 	for {
-		i = skipSpace(body, i)
+		i = skipWS(body, i)
 		if i >= len(body) {
 			return 0, 0, false
 		}
@@ -42,20 +42,20 @@ func findTopLevelString(body []byte, key string) (start, end int, ok bool) {
 			return 0, 0, false
 		}
 		ks := i
-		ke, ok := skipString(body, i)
+		ke, ok := skipLooseString(body, i)
 		if !ok {
 			return 0, 0, false
 		}
-		i = skipSpace(body, ke)
+		i = skipWS(body, ke)
 		if i >= len(body) || body[i] != ':' {
 			return 0, 0, false
 		}
-		i = skipSpace(body, i+1)
+		i = skipWS(body, i+1)
 		if i >= len(body) {
 			return 0, 0, false
 		}
 		vs := i
-		ve, ok := skipValue(body, i)
+		ve, ok := skipLooseValue(body, i)
 		if !ok {
 			return 0, 0, false
 		}
@@ -67,7 +67,7 @@ func findTopLevelString(body []byte, key string) (start, end int, ok bool) {
 			}
 			return vs, ve, true
 		}
-		i = skipSpace(body, ve)
+		i = skipWS(body, ve)
 		if i >= len(body) {
 			return 0, 0, false
 		}
@@ -82,20 +82,8 @@ func findTopLevelString(body []byte, key string) (start, end int, ok bool) {
 	}
 }
 
-func skipSpace(b []byte, i int) int {
-	for i < len(b) {
-		switch b[i] {
-		case ' ', '\t', '\n', '\r':
-			i++
-		default:
-			return i
-		}
-	}
-	return i
-}
-
-// skipString returns the index just past the string starting at b[i] == '"'.
-func skipString(b []byte, i int) (int, bool) {
+// skipLooseString returns the index just past the string starting at b[i] == '"'.
+func skipLooseString(b []byte, i int) (int, bool) {
 	for i++; i < len(b); i++ {
 		switch b[i] {
 		case '\\':
@@ -107,18 +95,18 @@ func skipString(b []byte, i int) (int, bool) {
 	return 0, false
 }
 
-// skipValue returns the index just past the JSON value starting at b[i]. Objects and arrays are
+// skipLooseValue returns the index just past the JSON value starting at b[i]. Objects and arrays are
 // skipped by counting brackets outside strings; scalars run to the next delimiter.
-func skipValue(b []byte, i int) (int, bool) {
+func skipLooseValue(b []byte, i int) (int, bool) {
 	switch b[i] {
 	case '"':
-		return skipString(b, i)
+		return skipLooseString(b, i)
 	case '{', '[':
 		depth := 0
 		for ; i < len(b); i++ {
 			switch b[i] {
 			case '"':
-				e, ok := skipString(b, i)
+				e, ok := skipLooseString(b, i)
 				if !ok {
 					return 0, false
 				}

@@ -2,7 +2,6 @@ package claude
 
 import (
 	"bytes"
-	"encoding/json"
 
 	"github.com/crsrelay/crs/dataplane/relay/platform"
 	"github.com/crsrelay/crs/dataplane/sse"
@@ -10,9 +9,10 @@ import (
 
 // usageReader reads Anthropic usage (reference §1.3.2). In a stream only message_start (input,
 // cache creation with its 5m/1h split, cache read, model) and message_delta (output, and the
-// cumulative input counts newer API versions repeat there) are decoded, into small structs; every
-// other event is skipped after looking at its event: line. It is created per response and is not
-// thread-safe.
+// cumulative input counts newer API versions repeat there) are read, by one validating pass that
+// decodes only the usage members (usagescan.go; encoding/json where that pass declines); every
+// other event is skipped after looking at its event: line. A non-stream body is read the same way,
+// without decoding its content. It is created per response and is not thread-safe.
 type usageReader struct {
 	u    platform.Usage
 	seen bool
@@ -33,14 +33,18 @@ type wireUsage struct {
 	Speed string `json:"speed"`
 }
 
-// wireEvent is a message_start or message_delta event, or a whole non-stream message.
+// wireEvent is a message_start or message_delta event, or a whole non-stream message, as
+// encoding/json decodes it (usageEvent.decode; usageEvent.scan reads the same without it).
 type wireEvent struct {
-	Type    string `json:"type"`
-	Model   string `json:"model"`
-	Message *struct {
-		Model string     `json:"model"`
-		Usage *wireUsage `json:"usage"`
-	} `json:"message"`
+	Type    string       `json:"type"`
+	Model   string       `json:"model"`
+	Message *wireMessage `json:"message"`
+	Usage   *wireUsage   `json:"usage"`
+}
+
+// wireMessage is the message of a message_start event.
+type wireMessage struct {
+	Model string     `json:"model"`
 	Usage *wireUsage `json:"usage"`
 }
 
@@ -64,35 +68,35 @@ func (r *usageReader) Event(ev []byte) {
 	default:
 		return
 	}
-	var m wireEvent
-	if json.Unmarshal(data, &m) != nil {
+	var m usageEvent
+	if !m.scan(data) && !m.decode(data) {
 		return
 	}
-	switch m.Type {
+	switch string(m.typ) {
 	case "message_start":
-		if m.Message == nil || m.Message.Usage == nil {
+		if !m.msg || !m.msgHasUsage {
 			return
 		}
-		r.u = toUsage(m.Message.Usage)
-		r.u.Model = m.Message.Model
+		r.u = toUsage(&m.msgUsage)
+		r.u.Model = string(m.msgModel)
 		r.seen = true
 	case "message_delta":
-		if m.Usage == nil {
+		if !m.hasUsage {
 			return
 		}
-		r.merge(toUsage(m.Usage))
+		r.merge(toUsage(&m.usage))
 		r.seen = true
 	}
 }
 
 // Body implements [platform.UsageReader.Body]: the usage object of a non-stream message.
 func (r *usageReader) Body(body []byte) {
-	var m wireEvent
-	if json.Unmarshal(body, &m) != nil || m.Usage == nil {
+	var m usageEvent
+	if !m.scan(body) && !m.decode(body) || !m.hasUsage {
 		return
 	}
-	r.u = toUsage(m.Usage)
-	r.u.Model = m.Model
+	r.u = toUsage(&m.usage)
+	r.u.Model = string(m.model)
 	r.seen = true
 }
 
