@@ -23,19 +23,19 @@ import (
 
 // options are crs-bench's flags.
 type options struct {
-	crsBin, mockBin      string
-	mockAddr             string
-	concurrency          int
-	duration, warmup     time.Duration
-	deltas               int
-	eventDelay           time.Duration
-	bodySize             int
-	limited, directOnly  bool
-	readyTimeout         time.Duration
-	requestTimeout       time.Duration
-	keepTmp              bool
+	crsBin, mockBin     string
+	mockAddr            string
+	concurrency         int
+	duration, warmup    time.Duration
+	deltas              int
+	eventDelay          time.Duration
+	bodySize            int
+	limited, directOnly bool
+	readyTimeout        time.Duration
+	requestTimeout      time.Duration
+	keepTmp             bool
 	// dev runs `crs dev` (one process) instead of `crs control` + `crs worker`.
-	dev bool
+	dev                  bool
 	crsEnv               multiFlag
 	upstreamKey, modelID string
 }

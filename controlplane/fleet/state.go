@@ -321,6 +321,8 @@ func (s *Service) snapshotLocked() *crsv1.SyncMessage {
 		Settings: c.settings,
 		Hashing:  c.hashing,
 		KeyUsage: make([]*crsv1.KeyUsageState, 0, len(c.usage)),
+		// Workers judge daily and weekly caps in the zone spend is labelled in.
+		TimezoneOffsetHours: proto.Int32(int32(s.tz)),
 	}
 	for _, id := range sortedIDs(c.keys) {
 		snap.Keys = append(snap.Keys, c.keys[id])

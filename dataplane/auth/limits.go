@@ -36,6 +36,16 @@ const (
 // zone returns the fixed zone of a UTC offset in hours.
 func zone(offsetHours int) *time.Location { return time.FixedZone("", offsetHours*3600) }
 
+// zoneOf is the zone days and weeks are judged in: the control plane's (pushed in the snapshot),
+// so worker and control plane can never disagree on a day; the configured one only when the
+// snapshot carries none.
+func (p *Policy) zoneOf(in *Input) *time.Location {
+	if z := in.State.Zone(); z != nil {
+		return z
+	}
+	return p.tz
+}
+
 // nextDay is the start of the day after t's day in loc (the daily cap's reset time). The
 // reference answers the server's OS midnight while it counts days in TIMEZONE_OFFSET (a quirk,
 // reference §13); crs uses the configured zone for both.
@@ -141,7 +151,7 @@ func (p *Policy) checkDailyCost(in *Input) error {
 	}
 	u := in.State.KeyUsage(in.Key.GetId())
 	var cost float64
-	if d := u.GetDay(); d != "" && d == in.Now.In(p.tz).Format(dayLayout) {
+	if d := u.GetDay(); d != "" && d == in.Now.In(p.zoneOf(in)).Format(dayLayout) {
 		cost = u.GetDailyCost()
 	}
 	if cost < lim {
@@ -151,7 +161,7 @@ func (p *Policy) checkDailyCost(in *Input) error {
 		WithFields(
 			apierr.Field{Name: "currentCost", Value: cost},
 			apierr.Field{Name: "costLimit", Value: lim},
-			apierr.Field{Name: "resetAt", Value: nextDay(in.Now, p.tz)},
+			apierr.Field{Name: "resetAt", Value: nextDay(in.Now, p.zoneOf(in))},
 		)
 }
 
@@ -181,7 +191,7 @@ func (p *Policy) checkWeeklyCost(in *Input) error {
 		return nil
 	}
 	u := in.State.KeyUsage(k.GetId())
-	start := weekStart(in.Now, p.tz, int(k.GetWeeklyResetDay()), int(k.GetWeeklyResetHour()))
+	start := weekStart(in.Now, p.zoneOf(in), int(k.GetWeeklyResetDay()), int(k.GetWeeklyResetHour()))
 	var cost float64
 	if w := u.GetWeek(); w != "" && w == start.Format(weekLayout) {
 		cost = u.GetWeeklyOpusCost()

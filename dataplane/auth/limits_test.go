@@ -5,8 +5,10 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/crsrelay/crs/dataplane/snapshot"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
 )
 
@@ -118,6 +120,23 @@ func TestDailyCost(t *testing.T) {
 		r := render(t, utc.Check(capInput(t, k, u, "", now)))
 		require.Contains(t, r.body, `"resetAt":"2026-03-03T00:00:00.000Z"`)
 		require.NoError(t, p.Check(capInput(t, k, u, "", now)), "in UTC+8 it is already 2026-03-03")
+	})
+	t.Run("the control plane's zone wins over the worker's", func(t *testing.T) {
+		// The worker is configured for UTC+8 but the snapshot says the control plane labels
+		// spend in UTC: the day is judged in UTC, so the pushed "2026-03-02" spend counts.
+		in := capInput(t, k, &crsv1.KeyUsageState{Day: "2026-03-02", DailyCost: 6}, "", now)
+		snap := &crsv1.Snapshot{
+			Keys:                []*crsv1.WorkerKey{{Hash: "h", Key: k}},
+			Hashing:             &crsv1.KeyHashing{HmacSecret: hmacSecret},
+			KeyUsage:            []*crsv1.KeyUsageState{{KeyId: k.Id, Day: "2026-03-02", DailyCost: 6}},
+			TimezoneOffsetHours: proto.Int32(0),
+		}
+		st, err := snapshot.Apply(nil, &crsv1.SyncMessage{Version: 1, Body: &crsv1.SyncMessage_Snapshot{Snapshot: snap}})
+		require.NoError(t, err)
+		in.State, in.Key = st, st.KeyByHash("h")
+		r := render(t, p.Check(in))
+		require.Equal(t, 402, r.status)
+		require.Contains(t, r.body, `"resetAt":"2026-03-03T00:00:00.000Z"`)
 	})
 }
 

@@ -51,6 +51,9 @@ type State struct {
 	settings     *crsv1.Settings
 	hmacSecret   []byte
 	legacySecret string
+	// zone is the control plane's usage time zone (Snapshot.timezone_offset_hours); nil when the
+	// control plane did not say.
+	zone *time.Location
 }
 
 // emptySettings is returned by Settings when none were pushed; it is never modified.
@@ -94,6 +97,15 @@ func (s *State) Settings() *crsv1.Settings {
 
 // HMACSecret is the secret of keyhash.SchemeHMAC. The slice is shared: do not modify it.
 func (s *State) HMACSecret() []byte { return s.hmacSecret }
+
+// Zone is the fixed zone the control plane counts usage days and weeks in, or nil when the
+// snapshot did not carry one.
+func (s *State) Zone() *time.Location {
+	if s == nil {
+		return nil
+	}
+	return s.zone
+}
 
 // LegacySecret is the secret of keyhash.SchemeLegacy; empty when no key was imported.
 func (s *State) LegacySecret() string { return s.legacySecret }
@@ -146,6 +158,9 @@ func fromSnapshot(version uint64, snap *crsv1.Snapshot) *State {
 		settings:     snap.GetSettings(),
 		hmacSecret:   snap.GetHashing().GetHmacSecret(),
 		legacySecret: snap.GetHashing().GetLegacySecret(),
+	}
+	if snap.TimezoneOffsetHours != nil {
+		s.zone = time.FixedZone("", int(snap.GetTimezoneOffsetHours())*3600)
 	}
 	for _, wk := range snap.GetKeys() {
 		s.putKey(wk)

@@ -165,13 +165,17 @@ type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Keys  []*WorkerKey           `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
 	// Accounts with their current credentials in clear text (the fleet channel is trusted).
-	Accounts      []*Account       `protobuf:"bytes,2,rep,name=accounts,proto3" json:"accounts,omitempty"`
-	Groups        []*AccountGroup  `protobuf:"bytes,3,rep,name=groups,proto3" json:"groups,omitempty"`
-	Settings      *Settings        `protobuf:"bytes,4,opt,name=settings,proto3" json:"settings,omitempty"`
-	Hashing       *KeyHashing      `protobuf:"bytes,5,opt,name=hashing,proto3" json:"hashing,omitempty"`
-	KeyUsage      []*KeyUsageState `protobuf:"bytes,6,rep,name=key_usage,json=keyUsage,proto3" json:"key_usage,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Accounts []*Account       `protobuf:"bytes,2,rep,name=accounts,proto3" json:"accounts,omitempty"`
+	Groups   []*AccountGroup  `protobuf:"bytes,3,rep,name=groups,proto3" json:"groups,omitempty"`
+	Settings *Settings        `protobuf:"bytes,4,opt,name=settings,proto3" json:"settings,omitempty"`
+	Hashing  *KeyHashing      `protobuf:"bytes,5,opt,name=hashing,proto3" json:"hashing,omitempty"`
+	KeyUsage []*KeyUsageState `protobuf:"bytes,6,rep,name=key_usage,json=keyUsage,proto3" json:"key_usage,omitempty"`
+	// The fixed UTC offset, in hours, that the control plane counts usage days and weeks in; workers
+	// judge daily and weekly caps in the same zone. It is configuration, so it changes only with a
+	// new snapshot.
+	TimezoneOffsetHours *int32 `protobuf:"varint,7,opt,name=timezone_offset_hours,json=timezoneOffsetHours,proto3,oneof" json:"timezone_offset_hours,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -244,6 +248,13 @@ func (x *Snapshot) GetKeyUsage() []*KeyUsageState {
 		return x.KeyUsage
 	}
 	return nil
+}
+
+func (x *Snapshot) GetTimezoneOffsetHours() int32 {
+	if x != nil && x.TimezoneOffsetHours != nil {
+		return *x.TimezoneOffsetHours
+	}
+	return 0
 }
 
 // KeyHashing tells workers how to hash a presented key to find it.
@@ -1377,14 +1388,16 @@ const file_crs_v1_fleet_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12.\n" +
 	"\bsnapshot\x18\x02 \x01(\v2\x10.crs.v1.SnapshotH\x00R\bsnapshot\x12%\n" +
 	"\x05delta\x18\x03 \x01(\v2\r.crs.v1.DeltaH\x00R\x05deltaB\x06\n" +
-	"\x04body\"\x9c\x02\n" +
+	"\x04body\"\xef\x02\n" +
 	"\bSnapshot\x12%\n" +
 	"\x04keys\x18\x01 \x03(\v2\x11.crs.v1.WorkerKeyR\x04keys\x12+\n" +
 	"\baccounts\x18\x02 \x03(\v2\x0f.crs.v1.AccountR\baccounts\x12,\n" +
 	"\x06groups\x18\x03 \x03(\v2\x14.crs.v1.AccountGroupR\x06groups\x12,\n" +
 	"\bsettings\x18\x04 \x01(\v2\x10.crs.v1.SettingsR\bsettings\x12,\n" +
 	"\ahashing\x18\x05 \x01(\v2\x12.crs.v1.KeyHashingR\ahashing\x122\n" +
-	"\tkey_usage\x18\x06 \x03(\v2\x15.crs.v1.KeyUsageStateR\bkeyUsage\"R\n" +
+	"\tkey_usage\x18\x06 \x03(\v2\x15.crs.v1.KeyUsageStateR\bkeyUsage\x127\n" +
+	"\x15timezone_offset_hours\x18\a \x01(\x05H\x00R\x13timezoneOffsetHours\x88\x01\x01B\x18\n" +
+	"\x16_timezone_offset_hours\"R\n" +
 	"\n" +
 	"KeyHashing\x12\x1f\n" +
 	"\vhmac_secret\x18\x01 \x01(\fR\n" +
@@ -1583,6 +1596,7 @@ func file_crs_v1_fleet_proto_init() {
 		(*SyncMessage_Snapshot)(nil),
 		(*SyncMessage_Delta)(nil),
 	}
+	file_crs_v1_fleet_proto_msgTypes[2].OneofWrappers = []any{}
 	file_crs_v1_fleet_proto_msgTypes[7].OneofWrappers = []any{
 		(*AdmitRequest_Acquire)(nil),
 		(*AdmitRequest_Renew)(nil),
