@@ -94,8 +94,13 @@ func NewPolicy(o PolicyOptions) *Policy {
 func (p *Policy) Applies(k *crsv1.ApiKey, st *snapshot.State) bool {
 	return clientRestricted(k) ||
 		st.Settings().GetClaudeCodeOnlyEnabled() ||
-		hasWindowLimit(k) ||
-		k.GetDailyCostLimit() > 0 || k.GetTotalCostLimit() > 0 || k.GetWeeklyOpusCostLimit() > 0
+		SpendLimited(k)
+}
+
+// SpendLimited reports whether k has a limit that its usage settles (window tokens or cost, daily,
+// total or weekly cost): such keys' usage is reported at once rather than batched.
+func SpendLimited(k *crsv1.ApiKey) bool {
+	return hasWindowLimit(k) || k.GetDailyCostLimit() > 0 || k.GetTotalCostLimit() > 0 || k.GetWeeklyOpusCostLimit() > 0
 }
 
 // Check runs the steps listed at Policy on one request and returns the first refusal: an

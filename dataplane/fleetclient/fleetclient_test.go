@@ -181,6 +181,23 @@ func TestReportDelivered(t *testing.T) {
 	require.Contains(t, buf.String(), "crs_worker_usage_buffer_size 0")
 }
 
+// A record of a spend-limited key does not wait for the batch interval (nor for a full batch):
+// it leaves at once, taking what is pending with it.
+func TestReportUsageNowSkipsTheBatchWait(t *testing.T) {
+	h := start(t, Options{BatchSize: 500, BatchInterval: time.Hour})
+	time.Sleep(200 * time.Millisecond) // the Report stream is up; what is pending at connect goes at once
+	h.c.ReportUsage(record("batched"))
+	time.Sleep(100 * time.Millisecond)
+	require.Empty(t, h.srv.Records(), "an ordinary record waits for the interval or a full batch")
+	began := time.Now()
+	h.c.ReportUsageNow(record("urgent"))
+	require.Eventually(t, func() bool { return len(h.srv.Records()) == 2 }, 2*time.Second, time.Millisecond)
+	require.Less(t, time.Since(began), time.Second)
+	got := h.srv.Records()
+	require.Equal(t, "batched", got[0].GetRequestId())
+	require.Equal(t, "urgent", got[1].GetRequestId())
+}
+
 func TestReportSurvivesControlPlaneRestart(t *testing.T) {
 	h := start(t, Options{BatchSize: 2})
 	h.srv.HoldAcks(true)
@@ -256,7 +273,7 @@ func TestReportBuffer(t *testing.T) {
 	}
 	b := newReportBuffer(5)
 	for _, id := range []string{"a", "b", "c"} {
-		b.add(it(id), 2)
+		b.add(it(id), 2, false)
 	}
 	require.Nil(t, b.take(5, false), "not full and not forced")
 	b1 := b.take(2, false)
@@ -270,15 +287,15 @@ func TestReportBuffer(t *testing.T) {
 	require.Zero(t, b.ack(999), "unknown batch")
 	require.Equal(t, 2, b.len())
 
-	b.add(it("d"), 2)
+	b.add(it("d"), 2, false)
 	require.Equal(t, 2, b.requeue())
 	b3 := b.take(10, true)
 	require.Equal(t, []string{"a", "b", "d"}, idsOf(b3), "resent first, in order")
 
 	// Full: the oldest goes, even when it is in flight.
-	b.add(it("e"), 10)
-	b.add(it("f"), 10)
-	require.True(t, b.add(it("g"), 10))
+	b.add(it("e"), 10, false)
+	b.add(it("f"), 10, false)
+	require.True(t, b.add(it("g"), 10, false))
 	require.Equal(t, 5, b.len())
 	require.Equal(t, []string{"b", "d"}, idsOf(b3))
 	require.Equal(t, uint64(1), b.dropped.Get())

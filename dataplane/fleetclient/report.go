@@ -21,6 +21,16 @@ func (c *Client) ReportUsage(r *crsv1.UsageRecord) {
 	}
 }
 
+// ReportUsageNow is ReportUsage for a record whose key has spending or window limits: it goes out
+// at once, with whatever else is pending, instead of waiting for the next batch interval, so the
+// control plane settles the key's caps within milliseconds and overshoot stays bounded by the
+// requests in flight.
+func (c *Client) ReportUsageNow(r *crsv1.UsageRecord) {
+	if r != nil {
+		c.addUrgent(item{rec: r})
+	}
+}
+
 // ReportEvent queues an account event for delivery, like ReportUsage.
 func (c *Client) ReportEvent(e *crsv1.AccountEvent) {
 	if e != nil {
@@ -31,8 +41,12 @@ func (c *Client) ReportEvent(e *crsv1.AccountEvent) {
 // Pending is the number of records and events not yet acknowledged.
 func (c *Client) Pending() int { return c.buf.len() }
 
-func (c *Client) add(it item) {
-	if dropped := c.buf.add(it, c.opts.BatchSize); dropped {
+func (c *Client) add(it item) { c.addItem(it, false) }
+
+func (c *Client) addUrgent(it item) { c.addItem(it, true) }
+
+func (c *Client) addItem(it item, urgent bool) {
+	if dropped := c.buf.add(it, c.opts.BatchSize, urgent); dropped {
 		// One line per power of two, so a long outage does not flood the log.
 		if n := c.buf.dropped.Get(); n&(n-1) == 0 {
 			c.log.Warn("usage buffer full, dropped the oldest report",
@@ -77,11 +91,21 @@ type reportBuffer struct {
 	max      int
 	nextID   uint64
 	dropped  *metrics.Counter
-	notify   chan struct{} // a full batch is ready
+	notify   chan struct{} // a full batch is ready, or an urgent item arrived
+	urgent   bool          // an urgent item is pending: send a partial batch now
 }
 
 func newReportBuffer(max int) *reportBuffer {
 	return &reportBuffer{max: max, notify: make(chan struct{}, 1), dropped: new(metrics.Counter)}
+}
+
+// takeUrgent reports whether an urgent item arrived since the last call, and clears the mark.
+func (b *reportBuffer) takeUrgent() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	u := b.urgent
+	b.urgent = false
+	return u
 }
 
 func (b *reportBuffer) len() int {
@@ -90,8 +114,9 @@ func (b *reportBuffer) len() int {
 	return b.size
 }
 
-// add appends it, dropping the oldest entry when full; it reports whether one was dropped.
-func (b *reportBuffer) add(it item, batchSize int) (dropped bool) {
+// add appends it, dropping the oldest entry when full; it reports whether one was dropped. An
+// urgent item wakes the sender even when the batch is not full.
+func (b *reportBuffer) add(it item, batchSize int, urgent bool) (dropped bool) {
 	b.mu.Lock()
 	if b.size >= b.max {
 		b.dropOldestLocked()
@@ -100,11 +125,14 @@ func (b *reportBuffer) add(it item, batchSize int) (dropped bool) {
 	b.pending = append(b.pending, it)
 	b.size++
 	full := len(b.pending)-b.head >= batchSize
+	if urgent {
+		b.urgent = true
+	}
 	b.mu.Unlock()
 	if dropped {
 		b.dropped.Inc()
 	}
-	if full {
+	if full || urgent {
 		select {
 		case b.notify <- struct{}{}:
 		default:
@@ -299,6 +327,7 @@ func (c *Client) reportStream(ctx, hard context.Context) (acked bool, err error)
 		}
 		select {
 		case <-c.buf.notify:
+			force = c.buf.takeUrgent()
 		case <-ticker.C:
 			force = true
 		case a := <-acks:

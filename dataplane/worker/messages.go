@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"bytes"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -128,13 +127,14 @@ func (w *Worker) relayClaude(ctx *fasthttp.RequestCtx, c *call, op string, m sch
 		writeError(ctx, err)
 		return
 	}
+	body, query := ownedBody(ctx)
 	req := &relay.Request{
 		RequestID: c.id,
 		KeyID:     c.key.GetId(),
 		Endpoint:  string(ctx.Path()),
 		Op:        op,
-		Body:      bytes.Clone(ctx.PostBody()),
-		Query:     bytes.Clone(ctx.URI().QueryString()),
+		Body:      body,
+		Query:     query,
 		Model:     m.Model,
 		Stream:    m.Stream,
 		Headers:   forwardedHeaders(&ctx.Request.Header),
@@ -148,19 +148,41 @@ func (w *Worker) relayClaude(ctx *fasthttp.RequestCtx, c *call, op string, m sch
 		w.m.streams.Add(1)
 	}
 	var once atomic.Bool
+	urgent := auth.SpendLimited(c.key)
 	done := func(o *relay.Outcome) {
 		if once.CompareAndSwap(false, true) {
 			adm.release()
-			w.finish(route, req, sel, o)
+			w.finish(route, req, sel, o, urgent)
 		}
 	}
 	c.relayDone = func(status int) { done(&relay.Outcome{Status: status}) }
 	w.relay.Serve(ctx, req, cands, done)
 }
 
+// ownedBody returns copies of the request body and query string, which the relay may use after
+// the handler returned, in one allocation. Neither has room to grow into the other.
+func ownedBody(ctx *fasthttp.RequestCtx) (body, query []byte) {
+	b, q := ctx.PostBody(), ctx.URI().QueryString()
+	if len(b)+len(q) == 0 {
+		return nil, nil
+	}
+	buf := make([]byte, len(b)+len(q))
+	n := copy(buf, b)
+	copy(buf[n:], q)
+	body, query = buf[:n:n], buf[n:]
+	if len(b) == 0 {
+		body = nil
+	}
+	if len(q) == 0 {
+		query = nil
+	}
+	return body, query
+}
+
 // finish runs once per relayed request, when the response is complete (possibly on the stream
 // writer's goroutine): it reports usage and account events, binds the session, records metrics.
-func (w *Worker) finish(route string, req *relay.Request, sel *sched.Selection, o *relay.Outcome) {
+// urgentUsage sends the usage record at once (keys whose caps it settles).
+func (w *Worker) finish(route string, req *relay.Request, sel *sched.Selection, o *relay.Outcome, urgentUsage bool) {
 	defer w.inflight.Done()
 	w.m.inflight.Add(-1)
 	if req.Stream {
@@ -171,7 +193,11 @@ func (w *Worker) finish(route string, req *relay.Request, sel *sched.Selection, 
 	}
 	if u := o.Usage; u != nil && req.Op == relay.OpMessages {
 		fillUsage(u, req, o)
-		w.fleet.ReportUsage(u)
+		if urgentUsage {
+			w.fleet.ReportUsageNow(u)
+		} else {
+			w.fleet.ReportUsage(u)
+		}
 	}
 	st := w.fleet.State()
 	for _, ev := range o.Events {
