@@ -10,8 +10,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/crsrelay/crs/controlplane/store"
-	"github.com/crsrelay/crs/controlplane/usage"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+	"github.com/crsrelay/crs/internal/period"
 )
 
 // Usage scopes and granularities (store.UsageQuery).
@@ -31,9 +31,9 @@ const maxUsageBuckets = 1000
 
 // Period label layouts: the ones usage records are aggregated under.
 var periodLayouts = map[string]string{
-	granHour:  usage.HourLayout,
-	granDay:   usage.DayLayout,
-	granMonth: usage.MonthLayout,
+	granHour:  period.HourLayout,
+	granDay:   period.DayLayout,
+	granMonth: period.MonthLayout,
 }
 
 // GetApiKeyUsage implements [crsv1.AdminServiceServer.GetApiKeyUsage].

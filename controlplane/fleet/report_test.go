@@ -14,8 +14,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/crsrelay/crs/controlplane/store"
-	"github.com/crsrelay/crs/controlplane/usage"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+	"github.com/crsrelay/crs/internal/period"
 )
 
 func TestBind(t *testing.T) {
@@ -145,7 +145,7 @@ func TestReportStoresPricesAndAcks(t *testing.T) {
 	// The worker learns the new spend of the key.
 	d, version := w.deltaUntil(t, version, time.Second, func(d *crsv1.Delta) bool { return len(d.GetKeyUsage()) > 0 })
 	ku := d.GetKeyUsage()[0]
-	labels := usage.Periods(h.clock.Now(), 8, 1, 0)
+	labels := period.Of(h.clock.Now(), period.Zone(8), 1, 0)
 	require.Equal(t, "k1", ku.GetKeyId())
 	require.Equal(t, labels.Day, ku.GetDay())
 	require.Equal(t, labels.Week, ku.GetWeek())

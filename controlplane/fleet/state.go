@@ -14,8 +14,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/crsrelay/crs/controlplane/store"
-	"github.com/crsrelay/crs/controlplane/usage"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+	"github.com/crsrelay/crs/internal/period"
 )
 
 // cache is what workers are served. Its messages are never mutated once stored: a change
@@ -148,7 +148,7 @@ func (s *Service) loadSettings(ctx context.Context) (*crsv1.Settings, error) {
 func (s *Service) keyUsage(ctx context.Context, k *crsv1.ApiKey, now time.Time) (*crsv1.KeyUsageState, error) {
 	u := &crsv1.KeyUsageState{KeyId: k.GetId()}
 	if hasCostLimit(k) {
-		l := usage.Periods(now, s.tz, int(k.GetWeeklyResetDay()), int(k.GetWeeklyResetHour()))
+		l := period.Of(now, period.Zone(s.tz), int(k.GetWeeklyResetDay()), int(k.GetWeeklyResetHour()))
 		sp, err := s.st.KeySpend(ctx, k.GetId(), l.Day, l.Week)
 		if err != nil {
 			return nil, fmt.Errorf("key spend %s: %w", k.GetId(), err)

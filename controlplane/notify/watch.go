@@ -12,8 +12,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/crsrelay/crs/controlplane/store"
-	"github.com/crsrelay/crs/controlplane/usage"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+	"github.com/crsrelay/crs/internal/period"
 )
 
 // refreshFailedReason starts the reason of a state set by a failed token refresh (it is
@@ -272,7 +272,7 @@ func (w *Watcher) KeyUsage(ctx context.Context, id string) {
 		return
 	}
 	now := w.now()
-	l := usage.Periods(now, w.tz, int(key.GetWeeklyResetDay()), int(key.GetWeeklyResetHour()))
+	l := period.Of(now, period.Zone(w.tz), int(key.GetWeeklyResetDay()), int(key.GetWeeklyResetHour()))
 	sp, err := w.st.KeySpend(ctx, id, l.Day, l.Week)
 	if err != nil {
 		w.log.Warn("read key spend for notifications", zap.String("key_id", id), zap.Error(err))

@@ -12,8 +12,8 @@ import (
 
 	"github.com/crsrelay/crs/controlplane/store"
 	"github.com/crsrelay/crs/controlplane/store/embedded"
-	"github.com/crsrelay/crs/controlplane/usage"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+	"github.com/crsrelay/crs/internal/period"
 )
 
 // collector records events.
@@ -109,7 +109,7 @@ func TestKeyCapOncePerPeriod(t *testing.T) {
 	c := &collector{}
 	w, err := NewWatcher(WatcherOptions{Store: st, Notifier: c, TZOffsetHours: 8})
 	require.NoError(t, err)
-	l := usage.Periods(time.Now(), 8, 1, 0)
+	l := period.Of(time.Now(), period.Zone(8), 1, 0)
 	record := func(id string, cost float64) {
 		_, err := st.RecordUsage(ctx, &store.UsageEntry{Record: &crsv1.UsageRecord{RequestId: id, KeyId: "k1"}, RatedCost: cost, Day: l.Day, Week: l.Week})
 		require.NoError(t, err)

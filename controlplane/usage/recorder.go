@@ -9,6 +9,7 @@ import (
 	"github.com/crsrelay/crs/controlplane/pricing"
 	"github.com/crsrelay/crs/controlplane/store"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+	"github.com/crsrelay/crs/internal/period"
 )
 
 // Services that service rates are keyed by (Settings.service_rates, ApiKey.service_rates).
@@ -111,14 +112,14 @@ type RecorderOptions struct {
 type Recorder struct {
 	store   UsageStore
 	pricing *pricing.Table
-	tz      int
+	tz      *time.Location
 	now     func() time.Time
 	skew    time.Duration
 }
 
 // NewRecorder returns a Recorder.
 func NewRecorder(o RecorderOptions) *Recorder {
-	r := &Recorder{store: o.Store, pricing: o.Pricing, tz: o.TZOffsetHours, now: o.Clock, skew: o.MaxFutureSkew}
+	r := &Recorder{store: o.Store, pricing: o.Pricing, tz: period.Zone(o.TZOffsetHours), now: o.Clock, skew: o.MaxFutureSkew}
 	if r.pricing == nil {
 		r.pricing = pricing.Builtin()
 	}
@@ -170,12 +171,12 @@ func (r *Recorder) Entry(rec *crsv1.UsageRecord, key *crsv1.ApiKey, globalRates 
 	})
 	service := ServiceFor(rec.GetAccountType(), rec.GetModel())
 	rate := Rate(globalRates, service) * Rate(key.GetServiceRates(), service)
-	labels := Periods(r.When(rec), r.tz, int(key.GetWeeklyResetDay()), int(key.GetWeeklyResetHour()))
+	labels := period.Of(r.When(rec), r.tz, int(key.GetWeeklyResetDay()), int(key.GetWeeklyResetHour()))
 	e := &store.UsageEntry{
 		Record:       rec,
 		Cost:         b.Total,
 		RatedCost:    b.Total * rate,
-		ClaudeFamily: IsClaudeFamily(rec.GetModel()) && weeklyClaudeAccountTypes[rec.GetAccountType()],
+		ClaudeFamily: period.IsClaudeFamily(rec.GetModel()) && weeklyClaudeAccountTypes[rec.GetAccountType()],
 		Hour:         labels.Hour,
 		Day:          labels.Day,
 		Month:        labels.Month,

@@ -7,6 +7,7 @@ import (
 
 	"github.com/crsrelay/crs/dataplane/snapshot"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+	"github.com/crsrelay/crs/internal/period"
 )
 
 // Input is what a policy check sees of one request. It is built per request by the worker after
@@ -83,7 +84,7 @@ func NewPolicy(o PolicyOptions) *Policy {
 	if err != nil {
 		panic(err)
 	}
-	p := &Policy{tz: zone(o.TZOffsetHours), clients: rules}
+	p := &Policy{tz: period.Zone(o.TZOffsetHours), clients: rules}
 	p.claudeCode = rules[ClientClaudeCode]
 	return p
 }

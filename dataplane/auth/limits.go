@@ -12,6 +12,7 @@ import (
 
 	"github.com/crsrelay/crs/dataplane/apierr"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+	"github.com/crsrelay/crs/internal/period"
 )
 
 // Sentinel causes of limit refusals.
@@ -25,17 +26,6 @@ var (
 	ErrModelRestricted = errors.New("auth: model restricted for this key")
 )
 
-// Period label layouts, the same as the control plane's (controlplane/usage/periods.go), which
-// labels KeyUsageState.day and .week with them. A label that differs from the current one means
-// the pushed spend belongs to an earlier period: it counts as 0.
-const (
-	dayLayout  = "2006-01-02"
-	weekLayout = "2006-01-02T15"
-)
-
-// zone returns the fixed zone of a UTC offset in hours.
-func zone(offsetHours int) *time.Location { return time.FixedZone("", offsetHours*3600) }
-
 // zoneOf is the zone days and weeks are judged in: the control plane's (pushed in the snapshot),
 // so worker and control plane can never disagree on a day; the configured one only when the
 // snapshot carries none.
@@ -44,38 +34,6 @@ func (p *Policy) zoneOf(in *Input) *time.Location {
 		return z
 	}
 	return p.tz
-}
-
-// nextDay is the start of the day after t's day in loc (the daily cap's reset time). The
-// reference answers the server's OS midnight while it counts days in TIMEZONE_OFFSET (a quirk,
-// reference §13); crs uses the configured zone for both.
-func nextDay(t time.Time, loc *time.Location) time.Time {
-	y, m, d := t.In(loc).Date()
-	return time.Date(y, m, d+1, 0, 0, 0, 0, loc)
-}
-
-// weekStart is the start of the week containing t in loc for a week that starts on ISO weekday
-// resetDay (1=Monday..7=Sunday; out of range = Monday) at resetHour (0-23; out of range = 0), as
-// controlplane/usage.WeekStart computes it.
-func weekStart(t time.Time, loc *time.Location, resetDay, resetHour int) time.Time {
-	if resetDay < 1 || resetDay > 7 {
-		resetDay = 1
-	}
-	if resetHour < 0 || resetHour > 23 {
-		resetHour = 0
-	}
-	local := t.In(loc)
-	iso := int(local.Weekday())
-	if iso == 0 {
-		iso = 7
-	}
-	back := (iso - resetDay + 7) % 7
-	y, m, d := local.Date()
-	start := time.Date(y, m, d-back, resetHour, 0, 0, 0, loc)
-	if start.After(local) {
-		start = start.AddDate(0, 0, -7)
-	}
-	return start
 }
 
 // hasWindowLimit: a window length and at least one of its three limits (reference §2.3 step 7).
@@ -151,7 +109,7 @@ func (p *Policy) checkDailyCost(in *Input) error {
 	}
 	u := in.State.KeyUsage(in.Key.GetId())
 	var cost float64
-	if d := u.GetDay(); d != "" && d == in.Now.In(p.zoneOf(in)).Format(dayLayout) {
+	if d := u.GetDay(); d != "" && d == in.Now.In(p.zoneOf(in)).Format(period.DayLayout) {
 		cost = u.GetDailyCost()
 	}
 	if cost < lim {
@@ -161,7 +119,7 @@ func (p *Policy) checkDailyCost(in *Input) error {
 		WithFields(
 			apierr.Field{Name: "currentCost", Value: cost},
 			apierr.Field{Name: "costLimit", Value: lim},
-			apierr.Field{Name: "resetAt", Value: nextDay(in.Now, p.zoneOf(in))},
+			apierr.Field{Name: "resetAt", Value: period.NextDay(in.Now, p.zoneOf(in))},
 		)
 }
 
@@ -191,9 +149,9 @@ func (p *Policy) checkWeeklyCost(in *Input) error {
 		return nil
 	}
 	u := in.State.KeyUsage(k.GetId())
-	start := weekStart(in.Now, p.zoneOf(in), int(k.GetWeeklyResetDay()), int(k.GetWeeklyResetHour()))
+	start := period.WeekStart(in.Now, p.zoneOf(in), int(k.GetWeeklyResetDay()), int(k.GetWeeklyResetHour()))
 	var cost float64
-	if w := u.GetWeek(); w != "" && w == start.Format(weekLayout) {
+	if w := u.GetWeek(); w != "" && w == start.Format(period.WeekLayout) {
 		cost = u.GetWeeklyOpusCost()
 	}
 	if cost < lim {
@@ -204,7 +162,7 @@ func (p *Policy) checkWeeklyCost(in *Input) error {
 	if model == "" {
 		model = bodyModel(in.Body)
 	}
-	if !IsClaudeFamily(model) {
+	if !period.IsClaudeFamily(model) {
 		return nil
 	}
 	return quotaError(ErrWeeklyOpusCost, "已达到 Claude 模型周费用限制 ($"+jsNumber(lim)+")", "weekly_opus_cost_limit_exceeded").
@@ -245,24 +203,6 @@ func bodyModel(body []byte) string {
 	var m string
 	_ = json.Unmarshal(b.Model, &m)
 	return m
-}
-
-// IsClaudeFamily reports whether a model counts toward the weekly Claude cost (reference §2.3,
-// src/utils/modelHelper.js isClaudeFamilyModel, the same rule as controlplane/usage): after a
-// "ccr," vendor prefix, a name containing "claude-" (Anthropic and Bedrock ids), or, as a
-// fallback, one of the family words opus, sonnet, haiku.
-func IsClaudeFamily(model string) bool {
-	m := strings.ToLower(strings.TrimSpace(model))
-	if rest, ok := strings.CutPrefix(m, "ccr,"); ok {
-		m = strings.TrimSpace(rest)
-	}
-	if m == "" {
-		return false
-	}
-	if strings.Contains(m, "claude-") {
-		return true
-	}
-	return strings.Contains(m, "opus") || strings.Contains(m, "sonnet") || strings.Contains(m, "haiku")
 }
 
 // errModelRestricted is reference §1.3 step 3's refusal.
