@@ -123,9 +123,11 @@ func registerFleet(srv *grpc.Server, d *controlDeps) (run func(context.Context) 
 	if err != nil {
 		return nil, err
 	}
+	locks, _ := d.store.(store.LockStore) // both backends have one
 	svc := fleet.New(fleet.Options{
 		Store:         d.store,
 		Limits:        limits,
+		Locks:         locks,
 		Metrics:       d.metrics,
 		Logger:        d.log,
 		OpenAccount:   d.openAccount,

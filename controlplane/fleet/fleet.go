@@ -16,10 +16,13 @@ package fleet
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"github.com/VictoriaMetrics/metrics"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -79,6 +82,9 @@ type Options struct {
 	// redisstore.NewLimits over Store). nil = Admit answers Unimplemented and no window usage is
 	// kept or pushed.
 	Limits store.LimitStore
+	// Locks makes the recovery tick run on one replica at a time (the store's LockStore; both
+	// backends have one). nil = every replica recovers (fine for one replica).
+	Locks store.LockStore
 	// LeaseTTL is how long a lease lives without renewal (default 30s); workers renew every
 	// LeaseTTL/3.
 	LeaseTTL time.Duration
@@ -107,6 +113,8 @@ type Service struct {
 	metrics   *fleetMetrics
 	st        store.Store
 	limits    store.LimitStore
+	locks     store.LockStore
+	owner     string // this replica's name in store locks
 	leaseTTL  time.Duration
 	open      func(*store.Account) (*crsv1.Account, error)
 	recorder  *usage.Recorder
@@ -156,6 +164,8 @@ func New(o Options) *Service {
 		log:      o.Logger,
 		st:       o.Store,
 		limits:   o.Limits,
+		locks:    o.Locks,
+		owner:    replicaName(),
 		leaseTTL: o.LeaseTTL,
 		open:     o.OpenAccount,
 		now:      o.Clock,
@@ -221,6 +231,14 @@ func (s *Service) Ready() bool {
 	default:
 		return false
 	}
+}
+
+// replicaName names this process in store locks: host name, process id and a random suffix.
+func replicaName() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%x", host, os.Getpid(), b)
 }
 
 // Version returns the version of the state workers are served.

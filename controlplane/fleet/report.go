@@ -257,9 +257,12 @@ func (s *Service) recoveryLoop(ctx context.Context) {
 	}
 }
 
-// recover makes accounts whose state ended active again and drops expired family limits. Only
-// one replica should do this once control planes share a store (a later issue: take a store
-// lock here).
+// recoveryLock is the store lease under which one control-plane replica runs recovery.
+const recoveryLock = "fleet:recovery"
+
+// recover makes accounts whose state ended active again and drops expired family limits. With
+// Options.Locks, it runs on one replica at a time: the one holding the recovery lease, which it
+// keeps (re-taking it each tick) for as long as it is alive, so each transition is written once.
 func (s *Service) recover(ctx context.Context) {
 	now := s.now()
 	var due []string
@@ -270,6 +273,18 @@ func (s *Service) recover(ctx context.Context) {
 		}
 	}
 	s.mu.RUnlock()
+	if len(due) == 0 {
+		return
+	}
+	if s.locks != nil {
+		ok, err := s.locks.TryLock(ctx, recoveryLock, s.owner, 3*s.recovery)
+		if err != nil || !ok {
+			if err != nil && ctx.Err() == nil {
+				s.log.Warn("recovery lease not taken; another tick will retry", zap.Error(err))
+			}
+			return
+		}
+	}
 	for _, id := range due {
 		err := s.updateStatus(ctx, id, func(a *crsv1.Account) decision {
 			return decideRecovery(a.GetStatus(), s.now())

@@ -384,3 +384,25 @@ func TestRecoveryEndsExpiredStates(t *testing.T) {
 	require.Contains(t, got.GetStatus().GetFamilyLimitedUntil(), "haiku", "running family limit kept")
 	require.Equal(t, "sk-sealed:a1", got.GetApiKey().GetApiKey())
 }
+
+// TestRecoveryRunsOnTheReplicaHoldingTheLease: with two replicas on one store, only the one that
+// holds the recovery lease writes recoveries; the other's ticks change nothing.
+func TestRecoveryRunsOnTheReplicaHoldingTheLease(t *testing.T) {
+	st := openStore(t)
+	// Another replica holds the lease (it re-takes it every tick while alive).
+	ok, err := st.TryLock(t.Context(), recoveryLock, "other-replica", time.Hour)
+	require.NoError(t, err)
+	require.True(t, ok)
+	h := start(t, st, func(o *Options) { o.OpenAccount = openTest; o.Locks = st })
+	now := h.clock.Now()
+	require.NoError(t, st.CreateAccount(t.Context(), testAccount("a1", func(a *crsv1.Account) {
+		a.Status = &crsv1.AccountStatus{State: StateOverloaded, Reason: "529", Until: timestamppb.New(now.Add(time.Minute)), ChangedAt: timestamppb.New(now)}
+	})))
+	h.clock.Advance(2 * time.Minute)
+	time.Sleep(150 * time.Millisecond) // several ticks of this replica
+	require.Equal(t, StateOverloaded, accountStatus(t, st, "a1").GetState(), "the replica without the lease must not recover")
+
+	// The other replica dies: its lease is released (or expires), and this one takes over.
+	require.NoError(t, st.Unlock(t.Context(), recoveryLock, "other-replica"))
+	require.Eventually(t, func() bool { return accountStatus(t, st, "a1").GetState() == StateActive }, 2*time.Second, 10*time.Millisecond)
+}
