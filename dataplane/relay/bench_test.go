@@ -63,7 +63,8 @@ func BenchmarkStreamBody(b *testing.B) {
 				resp.SetBodyStream(bytes.NewReader(payload), -1)
 				sp := r.getSplitter()
 				sp.Reset(resp.BodyStream(), 0)
-				sb := &streamBody{call: call{r: r, req: req, out: &Outcome{}}, acct: acct, resp: resp, sp: sp, usage: r.official.NewUsage()}
+				blk := &outcomeBlock{}
+				sb := &streamBody{call: call{r: r, req: req, out: &blk.out, blk: blk}, acct: acct, resp: resp, sp: sp, usage: r.official.NewUsage()}
 				if mode == "WriteTo" {
 					_, _ = sb.WriteTo(w)
 				} else {

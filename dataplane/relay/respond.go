@@ -33,7 +33,6 @@ func (c *call) respondBuffered(acct *crsv1.Account, up platform.Upstream, model 
 	status := resp.StatusCode()
 	c.ctx.SetStatusCode(status)
 	passHeaders(&c.ctx.Response.Header, &resp.Header)
-	c.ctx.Response.SetBody(body)
 	c.out.Status = status
 	c.out.FirstByte = time.Since(c.req.Started)
 
@@ -45,7 +44,19 @@ func (c *call) respondBuffered(acct *crsv1.Account, up platform.Upstream, model 
 			u = &got
 		}
 	}
+	setBody(&c.ctx.Response, resp, body)
 	c.finish(u, model)
+}
+
+// setBody makes body, read from the upstream response up, the client response's body. When body is
+// up's own buffer the two responses swap buffers instead of copying (both stay pooled); a decoded
+// body is copied.
+func setBody(dst, up *fasthttp.Response, body []byte) {
+	if b := up.Body(); len(b) == len(body) && len(b) > 0 && &b[0] == &body[0] {
+		up.SwapBody(dst.SwapBody(b))
+		return
+	}
+	dst.SetBody(body)
 }
 
 // respondError passes an upstream error answer to the client. A stream request gets HTTP 200

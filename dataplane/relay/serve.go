@@ -29,7 +29,8 @@ type Options struct {
 	FirstByteTimeout time.Duration
 	// IdleTimeout bounds every later wait for upstream bytes: the gap between two SSE events, or
 	// between two reads of a body. A stream may run for any length of time while bytes keep coming.
-	// Default 300s.
+	// Default 300s. Both timeouts may end a wait up to 1/64 of their length early (deadlines are
+	// moved only when that much is at stake; transport.go deadlineSlack).
 	IdleTimeout time.Duration
 	// MaxAttempts is how many candidates one request may try. Default 3.
 	MaxAttempts int
@@ -121,7 +122,8 @@ func (r *Relay) upstream(acct *crsv1.Account) platform.Upstream {
 // passed through. When every attempt failed the last upstream answer is passed through (as an
 // in-band event: error for a stream request), or, if none answered, 502/504 JSON.
 func (r *Relay) Serve(ctx *fasthttp.RequestCtx, req *Request, cands Candidates, done func(*Outcome)) {
-	c := call{r: r, ctx: ctx, req: req, out: &Outcome{}, done: done}
+	blk := &outcomeBlock{}
+	c := call{r: r, ctx: ctx, req: req, out: &blk.out, blk: blk, done: done}
 	for c.out.Attempts < r.o.MaxAttempts {
 		acct := cands.Next()
 		if acct == nil {
@@ -150,8 +152,22 @@ type call struct {
 	ctx  *fasthttp.RequestCtx
 	req  *Request
 	out  *Outcome
+	blk  *outcomeBlock // holds out
 	done func(*Outcome)
 	last failure
+}
+
+// outcomeBlock is an Outcome with room for what it points to in the common case (one event, one
+// usage record), so that a request allocates them at once. What done hands on (the record, the
+// events) keeps the block alive as long as needed.
+type outcomeBlock struct {
+	out      Outcome
+	events   [1]*crsv1.AccountEvent
+	event    crsv1.AccountEvent
+	observed timestamppb.Timestamp
+	usage    crsv1.UsageRecord
+	started  timestamppb.Timestamp
+	used     bool // event is taken
 }
 
 // failure is the last failed attempt, for the answer when every attempt failed.
@@ -295,19 +311,33 @@ func transportError(f transportFailure) *apierr.Error {
 
 // event appends an account event for acct to the outcome.
 func (c *call) event(acct *crsv1.Account, v platform.Verdict, status int) {
-	e := &crsv1.AccountEvent{
-		AccountId:      acct.GetId(),
-		Kind:           v.Kind,
-		UpstreamStatus: int32(status),
-		ModelFamily:    v.Family,
-		Reason:         v.Reason,
-		ObservedAt:     timestamppb.Now(),
-		RequestId:      c.req.RequestID,
+	var e *crsv1.AccountEvent
+	var observed *timestamppb.Timestamp
+	if b := c.blk; !b.used {
+		b.used = true
+		e, observed = &b.event, &b.observed
+		c.out.Events = b.events[:0]
+	} else {
+		e, observed = &crsv1.AccountEvent{}, &timestamppb.Timestamp{}
 	}
+	setTimestamp(observed, time.Now())
+	e.AccountId = acct.GetId()
+	e.Kind = v.Kind
+	e.UpstreamStatus = int32(status)
+	e.ModelFamily = v.Family
+	e.Reason = v.Reason
+	e.ObservedAt = observed
+	e.RequestId = c.req.RequestID
 	if !v.Until.IsZero() {
 		e.Until = timestamppb.New(v.Until)
 	}
 	c.out.Events = append(c.out.Events, e)
+}
+
+// setTimestamp sets ts to t, as timestamppb.New does without allocating.
+func setTimestamp(ts *timestamppb.Timestamp, t time.Time) {
+	ts.Seconds = t.Unix()
+	ts.Nanos = int32(t.Nanosecond())
 }
 
 // finish fills the usage record (if upstream reported usage) and calls done. model is the model
@@ -322,7 +352,9 @@ func (c *call) finish(u *platform.Usage, model string) {
 		if m == "" {
 			m = req.Model
 		}
-		out.Usage = &crsv1.UsageRecord{
+		setTimestamp(&c.blk.started, req.Started)
+		out.Usage = &c.blk.usage
+		*out.Usage = crsv1.UsageRecord{
 			RequestId:              req.RequestID,
 			KeyId:                  req.KeyID,
 			AccountId:              out.Account.GetId(),
@@ -336,7 +368,7 @@ func (c *call) finish(u *platform.Usage, model string) {
 			Status:                 int32(out.Status),
 			DurationMs:             time.Since(req.Started).Milliseconds(),
 			Stream:                 req.Stream,
-			StartedAt:              timestamppb.New(req.Started),
+			StartedAt:              &c.blk.started,
 			Endpoint:               req.Endpoint,
 			AnthropicBeta:          clientHeader(req, "anthropic-beta"),
 			Speed:                  u.Speed,

@@ -86,8 +86,8 @@ func (b *streamBody) SupportsBodyWriteTo() bool { return true }
 // that arrived together are written together: each event is held only while the next one is
 // already received, and everything held is written before the relay waits for the upstream
 // (beforeRead, called by the upstream connection before it reads from the network). So the client
-// sees every event as soon as a relay writing one chunk per event would, with one write instead of
-// one per event when the upstream sends faster than the client reads. An error from w means the
+// sees every event as soon as a relay writing one chunk per event would, with one write (one
+// syscall, one chunk) for all the events that arrived in one read. An error from w means the
 // client is gone: WriteTo stops reading upstream and returns it, and CloseWithError closes the
 // upstream connection.
 func (b *streamBody) WriteTo(w io.Writer) (int64, error) {

@@ -39,8 +39,8 @@ func newTransport(o *Options) *transport {
 			Dial:                     dial,
 			NoDefaultUserAgentHeader: true,
 			DisablePathNormalizing:   true,
-			// The request body must be on the wire before the first-byte clock starts.
-			WriteTimeout:        o.FirstByteTimeout,
+			// No WriteTimeout: deadlineConn bounds writes (by FirstByteTimeout: the request must be
+			// on the wire before the first-byte clock starts) without a timer update per request.
 			MaxIdleConnDuration: 30 * time.Second,
 			ReadBufferSize:      16 << 10,
 			// POST is not idempotent, so fasthttp would not retry it; a pooled connection the
@@ -88,6 +88,23 @@ type deadlineConn struct {
 	awaiting        bool // a request was written and no byte of its answer was read yet
 	addr            connAddr
 	reader          netReader
+	// The deadlines set on Conn (zero: none yet). Moving a deadline updates a runtime timer, so a
+	// deadline is left where it is while it falls short of the wanted one by at most 1/deadlineSlack
+	// of the wait (a 300s wait may end up to 4.7s early; see deadline).
+	readBy, writeBy time.Time
+}
+
+// deadlineSlack: a deadline may fall short of the wanted one by 1/deadlineSlack of the wait.
+const deadlineSlack = 64
+
+// deadline reports whether a deadline set at *by must move to now+d, and updates *by if so.
+func deadline(by *time.Time, d time.Duration) (time.Time, bool) {
+	want := time.Now().Add(d)
+	if diff := want.Sub(*by); diff >= 0 && diff <= d/deadlineSlack {
+		return want, false
+	}
+	*by = want
+	return want, true
 }
 
 // netReader is told before each read from the network; an error it returns fails that read.
@@ -121,6 +138,13 @@ func (c *deadlineConn) setReader(r netReader) { c.reader = r }
 
 func (c *deadlineConn) Write(p []byte) (int, error) {
 	c.awaiting = true
+	if d := c.firstByte; d > 0 {
+		if t, move := deadline(&c.writeBy, d); move {
+			if err := c.Conn.SetWriteDeadline(t); err != nil {
+				return 0, err
+			}
+		}
+	}
 	return c.Conn.Write(p)
 }
 
@@ -135,8 +159,10 @@ func (c *deadlineConn) Read(p []byte) (int, error) {
 		d = c.firstByte
 	}
 	if d > 0 {
-		if err := c.Conn.SetReadDeadline(time.Now().Add(d)); err != nil {
-			return 0, err
+		if t, move := deadline(&c.readBy, d); move {
+			if err := c.Conn.SetReadDeadline(t); err != nil {
+				return 0, err
+			}
 		}
 	}
 	n, err := c.Conn.Read(p)

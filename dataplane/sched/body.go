@@ -103,7 +103,8 @@ func ParseMessages(body []byte) (Messages, error) {
 	}
 	m := Messages{Stream: s.stream, Count: s.count}
 	if s.model.ok() {
-		m.Model = string(decodeString(nil, body, s.model))
+		var buf [64]byte
+		m.Model = string(decodeString(buf[:0], body, s.model))
 	}
 	if !s.messagesArray {
 		return m, ErrMessagesNotArray
@@ -313,7 +314,8 @@ func (s *bodyScan) stringIs(sp span, want string) bool {
 func (s *bodyScan) sessionHash() string {
 	// 1. metadata.user_id carrying a Claude Code session id: the id itself.
 	if nonEmptyString(s.userID) {
-		if id, ok := SessionIDFromUserID(string(decodeString(nil, s.b, s.userID))); ok {
+		var buf [256]byte
+		if id, ok := SessionIDFromUserID(string(decodeString(buf[:0], s.b, s.userID))); ok {
 			return id
 		}
 	}

@@ -231,7 +231,8 @@ func (s *Scheduler) Claude(ctx context.Context, r Request) *Selection {
 		pin         int  // sticky account goes to this index: after single dedicated accounts
 		stickyLimit = -1 // for a group key: only its members (list[:stickyLimit]) may be sticky
 		poolAllowed = true
-		reasons     []string
+		reasonBuf   [4]string
+		reasons     = reasonBuf[:0]
 	)
 	if id := key.GetClaudeAccountId(); id != "" {
 		poolAllowed = settings.GetDedicatedAccountFallback()
@@ -287,8 +288,7 @@ func (s *Scheduler) Claude(ctx context.Context, r Request) *Selection {
 		}
 	}
 	if poolAllowed {
-		pool := s.pool(st, r.Model, now, &d, list)
-		list = append(list, pool...)
+		list = s.appendPool(list, st, r.Model, now, &d)
 	}
 
 	// Sticky session: put the bound account at the pin position when it is still a candidate.
@@ -366,9 +366,11 @@ func (s *Scheduler) boundAccount(ctx context.Context, r Request, proposal *crsv1
 	return resp.GetAccountId()
 }
 
-// pool returns the shared Claude accounts that can serve model, sorted, leaving out those in skip.
-func (s *Scheduler) pool(st *snapshot.State, model string, now time.Time, d *decision, skip []*crsv1.Account) []*crsv1.Account {
-	var out []*crsv1.Account
+// appendPool appends to list the shared Claude accounts that can serve model and are not in list
+// already, sorted among themselves.
+func (s *Scheduler) appendPool(list []*crsv1.Account, st *snapshot.State, model string, now time.Time, d *decision) []*crsv1.Account {
+	skip := list
+	out := list
 	for _, typ := range [...]string{snapshot.TypeClaudeOfficial, snapshot.TypeClaudeConsole} {
 		for _, a := range st.AccountsOfType(typ) {
 			if a.GetAccountType() == "dedicated" {
@@ -384,7 +386,7 @@ func (s *Scheduler) pool(st *snapshot.State, model string, now time.Time, d *dec
 			out = append(out, a)
 		}
 	}
-	s.sortPool(out)
+	s.sortPool(out[len(skip):])
 	return out
 }
 

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"fmt"
+	"maps"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,14 +15,15 @@ import (
 )
 
 // workerMetrics are the worker's own series. Counters per label set are created on first use and
-// cached, so recording a request does not allocate.
+// cached in copy-on-write maps, so recording a request neither allocates nor takes a lock (the
+// label sets are few: routes × statuses × platforms).
 type workerMetrics struct {
 	set *metrics.Set
 
-	mu       sync.RWMutex
-	requests map[requestLabels]*metrics.Counter
-	latency  map[string]*metrics.PrometheusHistogram // by platform
-	ttfb     map[string]*metrics.PrometheusHistogram
+	mu       sync.Mutex // serializes additions to the maps below
+	requests cowMap[requestLabels, *metrics.Counter]
+	latency  cowMap[string, *metrics.PrometheusHistogram] // by platform
+	ttfb     cowMap[string, *metrics.PrometheusHistogram]
 
 	inputTokens, outputTokens, cacheCreateTokens, cacheReadTokens *metrics.Counter
 
@@ -39,12 +41,7 @@ type requestLabels struct {
 const metricPrefix = "crs_worker_"
 
 func newWorkerMetrics(set *metrics.Set) *workerMetrics {
-	m := &workerMetrics{
-		set:      set,
-		requests: map[requestLabels]*metrics.Counter{},
-		latency:  map[string]*metrics.PrometheusHistogram{},
-		ttfb:     map[string]*metrics.PrometheusHistogram{},
-	}
+	m := &workerMetrics{set: set}
 	tok := func(typ string) *metrics.Counter {
 		return set.NewCounter(metricPrefix + `tokens_total{type="` + typ + `"}`)
 	}
@@ -61,40 +58,68 @@ func newWorkerMetrics(set *metrics.Set) *workerMetrics {
 // request counts one answered request.
 func (m *workerMetrics) request(route string, status int, platform string) {
 	k := requestLabels{route, status, platform}
-	m.mu.RLock()
-	c := m.requests[k]
-	m.mu.RUnlock()
-	if c == nil {
-		c = m.set.GetOrCreateCounter(fmt.Sprintf(`%srequests_total{route=%q,status="%d",platform=%q}`,
-			metricPrefix, route, status, platform))
+	c, ok := m.requests.get(k)
+	if !ok {
 		m.mu.Lock()
-		m.requests[k] = c
+		if c, ok = m.requests.get(k); !ok {
+			c = m.set.GetOrCreateCounter(fmt.Sprintf(`%srequests_total{route=%q,status="%d",platform=%q}`,
+				metricPrefix, route, status, platform))
+			m.requests.add(k, c)
+		}
 		m.mu.Unlock()
 	}
 	c.Inc()
 }
 
-func (m *workerMetrics) histogram(cache map[string]*metrics.PrometheusHistogram, name, platform string) *metrics.PrometheusHistogram {
-	m.mu.RLock()
-	h := cache[platform]
-	m.mu.RUnlock()
-	if h == nil {
-		h = m.set.GetOrCreatePrometheusHistogram(metricPrefix + name + `{platform=` + strconv.Quote(platform) + `}`)
+func (m *workerMetrics) histogram(cache *cowMap[string, *metrics.PrometheusHistogram], name, platform string) *metrics.PrometheusHistogram {
+	h, ok := cache.get(platform)
+	if !ok {
 		m.mu.Lock()
-		cache[platform] = h
+		if h, ok = cache.get(platform); !ok {
+			h = m.set.GetOrCreatePrometheusHistogram(metricPrefix + name + `{platform=` + strconv.Quote(platform) + `}`)
+			cache.add(platform, h)
+		}
 		m.mu.Unlock()
 	}
 	return h
+}
+
+// cowMap is a map read without locking: readers load the current version, writers (serialized by
+// the caller) publish a copy with one more entry. It suits caches that stop growing early.
+type cowMap[K comparable, V any] struct {
+	p atomic.Pointer[map[K]V]
+}
+
+func (c *cowMap[K, V]) get(k K) (V, bool) {
+	if m := c.p.Load(); m != nil {
+		v, ok := (*m)[k]
+		return v, ok
+	}
+	var zero V
+	return zero, false
+}
+
+// add publishes k=v. Callers serialize calls to add.
+func (c *cowMap[K, V]) add(k K, v V) {
+	var next map[K]V
+	if m := c.p.Load(); m != nil {
+		next = make(map[K]V, len(*m)+1)
+		maps.Copy(next, *m)
+	} else {
+		next = make(map[K]V, 1)
+	}
+	next[k] = v
+	c.p.Store(&next)
 }
 
 // relayed records a finished relay: status, upstream duration, time to first byte, tokens.
 func (m *workerMetrics) relayed(route, platform string, o *relay.Outcome, duration time.Duration) {
 	m.request(route, o.Status, platform)
 	if o.Attempts > 0 {
-		m.histogram(m.latency, "upstream_duration_seconds", platform).Update(duration.Seconds())
+		m.histogram(&m.latency, "upstream_duration_seconds", platform).Update(duration.Seconds())
 	}
 	if o.FirstByte > 0 {
-		m.histogram(m.ttfb, "upstream_ttfb_seconds", platform).Update(o.FirstByte.Seconds())
+		m.histogram(&m.ttfb, "upstream_ttfb_seconds", platform).Update(o.FirstByte.Seconds())
 	}
 	if u := o.Usage; u != nil {
 		m.inputTokens.Add(int(u.GetInputTokens()))

@@ -261,8 +261,8 @@ func waitGroup(ctx context.Context, wg *sync.WaitGroup) bool {
 // sequence number.
 func (w *Worker) newRequestID() string {
 	n := w.idSeq.Add(1)
-	b := make([]byte, 0, len(w.idPrefix)+13)
-	b = append(b, w.idPrefix...)
+	var buf [40]byte // 13 prefix bytes and at most 13 base-36 digits: the copy below is the only allocation
+	b := append(buf[:0], w.idPrefix...)
 	b = strconv.AppendUint(b, n, 36)
 	return string(b)
 }
