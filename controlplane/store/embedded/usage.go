@@ -52,7 +52,10 @@ func (s *Store) RecordUsageBatch(ctx context.Context, es []*store.UsageEntry) ([
 		now := s.now()
 		reqs := tx.Bucket(bucketUsageReq)
 		reqExp := tx.Bucket(bucketUsageReqExp)
-		usage := tx.Bucket(bucketUsage)
+		// The records of a batch mostly share their cells (same key, account, model, hour): sum
+		// their deltas per cell first, so each cell is read, decoded and written once per batch.
+		sums := map[string]*crsv1.UsageTotals{}
+		var order []string // cells in first-seen order, for a deterministic write order
 		for i, e := range es {
 			reqID := []byte(e.Record.GetRequestId())
 			if v := reqs.Get(reqID); v != nil && !expired(v, now) {
@@ -63,14 +66,25 @@ func (s *Store) RecordUsageBatch(ctx context.Context, es []*store.UsageEntry) ([
 			}
 			delta := usageagg.Delta(e)
 			for _, c := range usageagg.Cells(e) {
-				if err := addCell(usage, cellKey(c), delta); err != nil {
-					return fmt.Errorf("record usage %s: %w", reqID, err)
+				k := string(cellKey(c))
+				sum, ok := sums[k]
+				if !ok {
+					sum = &crsv1.UsageTotals{}
+					sums[k] = sum
+					order = append(order, k)
 				}
+				usageagg.Add(sum, delta)
 			}
 			if key := e.Record.GetKeyId(); key != "" {
 				ch.add(store.KindKeyUsage, key)
 			}
 			stored[i] = true
+		}
+		usage := tx.Bucket(bucketUsage)
+		for _, k := range order {
+			if err := addCell(usage, []byte(k), sums[k]); err != nil {
+				return fmt.Errorf("record usage: %w", err)
+			}
 		}
 		return nil
 	})
