@@ -21,10 +21,13 @@ func (c *Client) ReportUsage(r *crsv1.UsageRecord) {
 	}
 }
 
+// urgentDelay is how long an urgent record may wait for others to share its batch.
+const urgentDelay = 5 * time.Millisecond
+
 // ReportUsageNow is ReportUsage for a record whose key has spending or window limits: it goes out
-// at once, with whatever else is pending, instead of waiting for the next batch interval, so the
-// control plane settles the key's caps within milliseconds and overshoot stays bounded by the
-// requests in flight.
+// within urgentDelay, with whatever else is pending, instead of waiting for the next batch
+// interval, so the control plane settles the key's caps within milliseconds and overshoot stays
+// bounded by the requests in flight.
 func (c *Client) ReportUsageNow(r *crsv1.UsageRecord) {
 	if r != nil {
 		c.addUrgent(item{rec: r})
@@ -35,6 +38,15 @@ func (c *Client) ReportUsageNow(r *crsv1.UsageRecord) {
 func (c *Client) ReportEvent(e *crsv1.AccountEvent) {
 	if e != nil {
 		c.add(item{ev: e})
+	}
+}
+
+// ReportEventNow is ReportEvent for an event the control plane must act on at once (a 401 whose
+// request waits for the refreshed credential): it goes out at once, with whatever else is
+// pending, instead of waiting for the next batch interval.
+func (c *Client) ReportEventNow(e *crsv1.AccountEvent) {
+	if e != nil {
+		c.addUrgent(item{ev: e})
 	}
 }
 
@@ -308,6 +320,10 @@ func (c *Client) reportStream(ctx, hard context.Context) (acked bool, err error)
 
 	ticker := time.NewTicker(c.opts.BatchInterval)
 	defer ticker.Stop()
+	urgent := time.NewTimer(time.Hour)
+	urgent.Stop()
+	defer urgent.Stop()
+	urgentArmed := false
 	// Whatever is pending (resent after a reconnect, or queued while down) goes out at once.
 	force := true
 	for {
@@ -327,7 +343,15 @@ func (c *Client) reportStream(ctx, hard context.Context) (acked bool, err error)
 		}
 		select {
 		case <-c.buf.notify:
-			force = c.buf.takeUrgent()
+			// An urgent record goes out within urgentDelay, together with the urgent records that
+			// arrive meanwhile: under load they still travel in batches, not one message each.
+			if c.buf.takeUrgent() && !urgentArmed {
+				urgent.Reset(urgentDelay)
+				urgentArmed = true
+			}
+		case <-urgent.C:
+			urgentArmed = false
+			force = true
 		case <-ticker.C:
 			force = true
 		case a := <-acks:

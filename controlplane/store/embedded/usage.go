@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -19,12 +18,22 @@ import (
 
 // cellKey encodes an aggregate cell as scope \0 id \0 granularity \0 period [\0 model]. A split
 // cell's key extends the unsplit one by \0 model, so the models of a period are a prefix scan.
-func cellKey(c usageagg.Cell) []byte {
-	k := strings.Join([]string{c.Scope, c.ID, c.Gran, c.Period}, "\x00")
+func cellKey(c usageagg.Cell) []byte { return appendCellKey(nil, c) }
+
+// appendCellKey appends c's key to dst (for a reused buffer on the hot path).
+func appendCellKey(dst []byte, c usageagg.Cell) []byte {
+	dst = append(dst, c.Scope...)
+	dst = append(dst, 0)
+	dst = append(dst, c.ID...)
+	dst = append(dst, 0)
+	dst = append(dst, c.Gran...)
+	dst = append(dst, 0)
+	dst = append(dst, c.Period...)
 	if c.Model != "" {
-		k += "\x00" + c.Model
+		dst = append(dst, 0)
+		dst = append(dst, c.Model...)
 	}
-	return []byte(k)
+	return dst
 }
 
 // RecordUsage implements [store.Store.RecordUsage] in one write transaction (one fsync). DB.Batch
@@ -56,6 +65,7 @@ func (s *Store) RecordUsageBatch(ctx context.Context, es []*store.UsageEntry) ([
 		// their deltas per cell first, so each cell is read, decoded and written once per batch.
 		sums := map[string]*crsv1.UsageTotals{}
 		var order []string // cells in first-seen order, for a deterministic write order
+		var buf []byte
 		for i, e := range es {
 			reqID := []byte(e.Record.GetRequestId())
 			if v := reqs.Get(reqID); v != nil && !expired(v, now) {
@@ -66,9 +76,10 @@ func (s *Store) RecordUsageBatch(ctx context.Context, es []*store.UsageEntry) ([
 			}
 			delta := usageagg.Delta(e)
 			for _, c := range usageagg.Cells(e) {
-				k := string(cellKey(c))
-				sum, ok := sums[k]
+				buf = appendCellKey(buf[:0], c)
+				sum, ok := sums[string(buf)] // no allocation for the lookup
 				if !ok {
+					k := string(buf)
 					sum = &crsv1.UsageTotals{}
 					sums[k] = sum
 					order = append(order, k)
