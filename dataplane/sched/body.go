@@ -8,6 +8,8 @@ import (
 	"hash"
 	"strconv"
 	"strings"
+
+	"github.com/crsrelay/crs/dataplane/jsonscan"
 )
 
 // Body validation failures of a Messages request (reference §1.3 step 2), in the reference's order.
@@ -36,23 +38,23 @@ type Messages struct {
 // textPart is one block that may contribute text: its text span (zero when text is not a string),
 // and what the session rules look at.
 type textPart struct {
-	text      span
+	text      jsonscan.Span
 	isText    bool // type === "text"
 	ephemeral bool // cache_control.type === "ephemeral"
 }
 
 // messageText is the text of one message: a string content, or the text blocks of an array one.
 type messageText struct {
-	str   span       // content as a string
-	parts []textPart // content as an array
+	str   jsonscan.Span // content as a string
+	parts []textPart    // content as an array
 }
 
 func (m messageText) nonEmpty() bool {
-	if nonEmptyString(m.str) {
+	if m.str.NonEmpty() {
 		return true
 	}
 	for _, p := range m.parts {
-		if p.isText && nonEmptyString(p.text) {
+		if p.isText && p.text.NonEmpty() {
 			return true
 		}
 	}
@@ -63,10 +65,10 @@ func (m messageText) nonEmpty() bool {
 type bodyScan struct {
 	b []byte
 
-	model    span
+	model    jsonscan.Span
 	stream   bool
-	userID   span // metadata.user_id when a string
-	sysStr   span
+	userID   jsonscan.Span // metadata.user_id when a string
+	sysStr   jsonscan.Span
 	sysParts []textPart
 	sysArray bool
 
@@ -82,19 +84,19 @@ type bodyScan struct {
 // ErrMessagesEmpty.
 func ParseMessages(body []byte) (Messages, error) {
 	s := bodyScan{b: body, firstTextIdx: -1}
-	i := skipWS(body, 0)
+	i := jsonscan.SkipWS(body, 0)
 	if i == len(body) {
 		return Messages{}, ErrMessagesNotArray // Express parses an empty body as {}
 	}
 	switch body[i] {
 	case '{':
-		end, err := eachMember(body, i, 0, s.topMember)
-		if err != nil || skipWS(body, end) != len(body) {
+		end, err := jsonscan.EachMember(body, i, 0, s.topMember)
+		if err != nil || jsonscan.SkipWS(body, end) != len(body) {
 			return Messages{}, ErrBodyNotObject
 		}
 	case '[':
-		end, err := skipValue(body, i, 0)
-		if err != nil || skipWS(body, end) != len(body) {
+		end, err := jsonscan.SkipValue(body, i, 0)
+		if err != nil || jsonscan.SkipWS(body, end) != len(body) {
 			return Messages{}, ErrBodyNotObject
 		}
 		return Messages{}, ErrMessagesNotArray
@@ -102,9 +104,9 @@ func ParseMessages(body []byte) (Messages, error) {
 		return Messages{}, ErrBodyNotObject
 	}
 	m := Messages{Stream: s.stream, Count: s.count}
-	if s.model.ok() {
+	if s.model.OK() {
 		var buf [64]byte
-		m.Model = string(decodeString(buf[:0], body, s.model))
+		m.Model = string(jsonscan.DecodeString(buf[:0], body, s.model))
 	}
 	if !s.messagesArray {
 		return m, ErrMessagesNotArray
@@ -120,66 +122,66 @@ func ParseMessages(body []byte) (Messages, error) {
 // is none or the body is not a JSON object.
 func SessionHash(body []byte) string {
 	s := bodyScan{b: body, firstTextIdx: -1}
-	i := skipWS(body, 0)
+	i := jsonscan.SkipWS(body, 0)
 	if i == len(body) || body[i] != '{' {
 		return ""
 	}
-	end, err := eachMember(body, i, 0, s.topMember)
-	if err != nil || skipWS(body, end) != len(body) {
+	end, err := jsonscan.EachMember(body, i, 0, s.topMember)
+	if err != nil || jsonscan.SkipWS(body, end) != len(body) {
 		return ""
 	}
 	return s.sessionHash()
 }
 
-func (s *bodyScan) topMember(key []byte, esc bool, vs int) (int, error) {
+func (s *bodyScan) topMember(key []byte, special bool, vs int) (int, error) {
 	b := s.b
 	switch {
-	case keyIs(key, esc, "model"):
-		sp, end, err := stringSpan(b, vs, 1)
+	case jsonscan.KeyIs(key, special, "model"):
+		sp, end, err := jsonscan.StringSpan(b, vs, 1)
 		s.model = sp
 		return end, err
-	case keyIs(key, esc, "stream"):
-		end, err := skipValue(b, vs, 1)
+	case jsonscan.KeyIs(key, special, "stream"):
+		end, err := jsonscan.SkipValue(b, vs, 1)
 		s.stream = err == nil && string(b[vs:end]) == "true"
 		return end, err
-	case keyIs(key, esc, "metadata"):
-		s.userID = span{}
+	case jsonscan.KeyIs(key, special, "metadata"):
+		s.userID = jsonscan.Span{}
 		if b[vs] != '{' {
-			return skipValue(b, vs, 1)
+			return jsonscan.SkipValue(b, vs, 1)
 		}
-		return eachMember(b, vs, 1, func(key []byte, esc bool, vs int) (int, error) {
-			if !keyIs(key, esc, "user_id") {
-				return skipValue(b, vs, 2)
+		return jsonscan.EachMember(b, vs, 1, func(key []byte, special bool, vs int) (int, error) {
+			if !jsonscan.KeyIs(key, special, "user_id") {
+				return jsonscan.SkipValue(b, vs, 2)
 			}
-			sp, end, err := stringSpan(b, vs, 2)
+			sp, end, err := jsonscan.StringSpan(b, vs, 2)
 			s.userID = sp
 			return end, err
 		})
-	case keyIs(key, esc, "system"):
-		s.sysStr, s.sysParts, s.sysArray = span{}, s.sysParts[:0], false
+	case jsonscan.KeyIs(key, special, "system"):
+		s.sysStr, s.sysParts, s.sysArray = jsonscan.Span{}, s.sysParts[:0], false
 		switch b[vs] {
 		case '"':
-			sp, end, err := stringSpan(b, vs, 1)
+			sp, end, err := jsonscan.StringSpan(b, vs, 1)
 			s.sysStr = sp
 			return end, err
 		case '[':
 			s.sysArray = true
-			return eachElement(b, vs, 1, func(_, vs int) (int, error) {
+			return jsonscan.EachElement(b, vs, 1, func(_, vs int) (int, error) {
 				p, end, err := s.part(vs, 2)
 				s.sysParts = append(s.sysParts, p)
 				return end, err
 			})
 		}
-		return skipValue(b, vs, 1)
-	case keyIs(key, esc, "messages"):
+		return jsonscan.SkipValue(b, vs, 1)
+	case jsonscan.KeyIs(key, special, "messages"):
 		s.messagesArray, s.count, s.anyCache, s.firstText, s.firstTextIdx = false, 0, false, messageText{}, -1
 		if b[vs] != '[' {
-			return skipValue(b, vs, 1)
+			return jsonscan.SkipValue(b, vs, 1)
 		}
 		s.messagesArray = true
-		return eachElement(b, vs, 1, s.message)
+		return jsonscan.EachElement(b, vs, 1, s.message)
 	}
-	return skipValue(b, vs, 1)
+	return jsonscan.SkipValue(b, vs, 1)
 }
 
 // message reads one element of messages.
@@ -187,7 +189,7 @@ func (s *bodyScan) message(n, vs int) (int, error) {
 	s.count = n + 1
 	b := s.b
 	if b[vs] != '{' {
-		return skipValue(b, vs, 2) // null or a scalar has no content (Node would throw on null)
+		return jsonscan.SkipValue(b, vs, 2) // null or a scalar has no content (Node would throw on null)
 	}
 	var (
 		text      messageText
@@ -198,20 +200,20 @@ func (s *bodyScan) message(n, vs int) (int, error) {
 		// null, false, 0), so the message's own cache_control counts.
 		stringish = true
 	)
-	end, err := eachMember(b, vs, 2, func(key []byte, esc bool, vs int) (int, error) {
+	end, err := jsonscan.EachMember(b, vs, 2, func(key []byte, special bool, vs int) (int, error) {
 		switch {
-		case keyIs(key, esc, "content"):
+		case jsonscan.KeyIs(key, special, "content"):
 			text, isArray, partCache, stringish = messageText{}, false, false, false
 			switch b[vs] {
 			case '"':
-				sp, end, err := stringSpan(b, vs, 3)
+				sp, end, err := jsonscan.StringSpan(b, vs, 3)
 				text.str = sp
 				stringish = true
 				return end, err
 			case 'n', 'f':
 				stringish = true
 			case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
-				end, err := skipNumber(b, vs)
+				end, err := jsonscan.SkipNumber(b, vs)
 				if err == nil {
 					f, perr := strconv.ParseFloat(string(b[vs:end]), 64)
 					stringish = perr == nil && f == 0
@@ -219,7 +221,7 @@ func (s *bodyScan) message(n, vs int) (int, error) {
 				return end, err
 			case '[':
 				isArray = true
-				return eachElement(b, vs, 3, func(_, vs int) (int, error) {
+				return jsonscan.EachElement(b, vs, 3, func(_, vs int) (int, error) {
 					p, end, err := s.part(vs, 4)
 					if p.ephemeral {
 						partCache = true
@@ -230,13 +232,13 @@ func (s *bodyScan) message(n, vs int) (int, error) {
 					return end, err
 				})
 			}
-			return skipValue(b, vs, 3)
-		case keyIs(key, esc, "cache_control"):
+			return jsonscan.SkipValue(b, vs, 3)
+		case jsonscan.KeyIs(key, special, "cache_control"):
 			eph, end, err := s.ephemeral(vs, 3)
 			msgCache = eph
 			return end, err
 		}
-		return skipValue(b, vs, 3)
+		return jsonscan.SkipValue(b, vs, 3)
 	})
 	if err != nil {
 		return 0, err
@@ -257,25 +259,25 @@ func (s *bodyScan) part(vs, depth int) (textPart, int, error) {
 	b := s.b
 	var p textPart
 	if b[vs] != '{' {
-		end, err := skipValue(b, vs, depth)
+		end, err := jsonscan.SkipValue(b, vs, depth)
 		return p, end, err
 	}
-	end, err := eachMember(b, vs, depth, func(key []byte, esc bool, vs int) (int, error) {
+	end, err := jsonscan.EachMember(b, vs, depth, func(key []byte, special bool, vs int) (int, error) {
 		switch {
-		case keyIs(key, esc, "text"):
-			sp, end, err := stringSpan(b, vs, depth+1)
+		case jsonscan.KeyIs(key, special, "text"):
+			sp, end, err := jsonscan.StringSpan(b, vs, depth+1)
 			p.text = sp
 			return end, err
-		case keyIs(key, esc, "type"):
-			sp, end, err := stringSpan(b, vs, depth+1)
-			p.isText = sp.ok() && s.stringIs(sp, "text")
+		case jsonscan.KeyIs(key, special, "type"):
+			sp, end, err := jsonscan.StringSpan(b, vs, depth+1)
+			p.isText = sp.OK() && s.stringIs(sp, "text")
 			return end, err
-		case keyIs(key, esc, "cache_control"):
+		case jsonscan.KeyIs(key, special, "cache_control"):
 			eph, end, err := s.ephemeral(vs, depth+1)
 			p.ephemeral = eph
 			return end, err
 		}
-		return skipValue(b, vs, depth+1)
+		return jsonscan.SkipValue(b, vs, depth+1)
 	})
 	return p, end, err
 }
@@ -284,38 +286,38 @@ func (s *bodyScan) part(vs, depth int) (textPart, int, error) {
 func (s *bodyScan) ephemeral(vs, depth int) (bool, int, error) {
 	b := s.b
 	if b[vs] != '{' {
-		end, err := skipValue(b, vs, depth)
+		end, err := jsonscan.SkipValue(b, vs, depth)
 		return false, end, err
 	}
 	eph := false
-	end, err := eachMember(b, vs, depth, func(key []byte, esc bool, vs int) (int, error) {
-		if !keyIs(key, esc, "type") {
-			return skipValue(b, vs, depth+1)
+	end, err := jsonscan.EachMember(b, vs, depth, func(key []byte, special bool, vs int) (int, error) {
+		if !jsonscan.KeyIs(key, special, "type") {
+			return jsonscan.SkipValue(b, vs, depth+1)
 		}
-		sp, end, err := stringSpan(b, vs, depth+1)
-		eph = sp.ok() && s.stringIs(sp, "ephemeral")
+		sp, end, err := jsonscan.StringSpan(b, vs, depth+1)
+		eph = sp.OK() && s.stringIs(sp, "ephemeral")
 		return end, err
 	})
 	return eph, end, err
 }
 
 // stringIs compares a string span, decoded, with want.
-func (s *bodyScan) stringIs(sp span, want string) bool {
-	raw := s.b[sp.start+1 : sp.end-1]
+func (s *bodyScan) stringIs(sp jsonscan.Span, want string) bool {
+	raw := s.b[sp.Start+1 : sp.End-1]
 	if string(raw) == want {
 		return true
 	}
 	var buf [32]byte
-	return string(appendUnescaped(buf[:0], raw)) == want
+	return string(jsonscan.AppendUnescaped(buf[:0], raw)) == want
 }
 
 // sessionHash applies reference §4.2 (src/utils/sessionHelper.js generateSessionHash) to what the
 // scan collected.
 func (s *bodyScan) sessionHash() string {
 	// 1. metadata.user_id carrying a Claude Code session id: the id itself.
-	if nonEmptyString(s.userID) {
+	if s.userID.NonEmpty() {
 		var buf [256]byte
-		if id, ok := SessionIDFromUserID(string(decodeString(buf[:0], s.b, s.userID))); ok {
+		if id, ok := SessionIDFromUserID(string(jsonscan.DecodeString(buf[:0], s.b, s.userID))); ok {
 			return id
 		}
 	}
@@ -336,7 +338,7 @@ func (s *bodyScan) sessionHash() string {
 		return h.sum()
 	}
 	// 3. The whole system text.
-	if s.sysStr.ok() {
+	if s.sysStr.OK() {
 		h.add(s.sysStr)
 	} else if s.sysArray {
 		for _, p := range s.sysParts {
@@ -367,17 +369,17 @@ type textHash struct {
 
 func newTextHash(b []byte) *textHash { return &textHash{b: b, h: sha256.New()} }
 
-func (t *textHash) add(sp span) {
-	if !nonEmptyString(sp) {
+func (t *textHash) add(sp jsonscan.Span) {
+	if !sp.NonEmpty() {
 		return
 	}
-	t.buf = decodeString(t.buf[:0], t.b, sp)
+	t.buf = jsonscan.DecodeString(t.buf[:0], t.b, sp)
 	t.h.Write(t.buf)
 	t.n += len(t.buf)
 }
 
 func (t *textHash) addMessage(m messageText) {
-	if m.str.ok() {
+	if m.str.OK() {
 		t.add(m.str)
 		return
 	}
@@ -467,4 +469,10 @@ func legacySessionID(s string) (string, bool) {
 		}
 	}
 	return id, true
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+func isHex(c byte) bool {
+	return ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') || ('A' <= c && c <= 'F')
 }

@@ -2,6 +2,7 @@ package claude
 
 import (
 	"github.com/crsrelay/crs/dataplane/apierr"
+	"github.com/crsrelay/crs/dataplane/jsonscan"
 )
 
 // spliceModel returns a copy of body, a JSON object, with the value of its top-level "model" member
@@ -25,13 +26,13 @@ func spliceModel(body []byte, model string) (out []byte, ok bool) {
 // top-level member key of the JSON object body. It validates only as much as it needs to walk the
 // object; on malformed input it returns ok=false rather than guessing.
 func findTopLevelString(body []byte, key string) (start, end int, ok bool) {
-	i := skipWS(body, 0)
+	i := jsonscan.SkipWS(body, 0)
 	if i >= len(body) || body[i] != '{' {
 		return 0, 0, false
 	}
 	i++
 	for {
-		i = skipWS(body, i)
+		i = jsonscan.SkipWS(body, i)
 		if i >= len(body) {
 			return 0, 0, false
 		}
@@ -46,11 +47,11 @@ func findTopLevelString(body []byte, key string) (start, end int, ok bool) {
 		if !ok {
 			return 0, 0, false
 		}
-		i = skipWS(body, ke)
+		i = jsonscan.SkipWS(body, ke)
 		if i >= len(body) || body[i] != ':' {
 			return 0, 0, false
 		}
-		i = skipWS(body, i+1)
+		i = jsonscan.SkipWS(body, i+1)
 		if i >= len(body) {
 			return 0, 0, false
 		}
@@ -67,7 +68,7 @@ func findTopLevelString(body []byte, key string) (start, end int, ok bool) {
 			}
 			return vs, ve, true
 		}
-		i = skipWS(body, ve)
+		i = jsonscan.SkipWS(body, ve)
 		if i >= len(body) {
 			return 0, 0, false
 		}

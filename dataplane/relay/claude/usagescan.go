@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+
+	"github.com/crsrelay/crs/dataplane/jsonscan"
 )
 
 // usageEvent is what the usage reader needs from a message_start or message_delta event, or from
@@ -62,12 +64,12 @@ func (e *usageEvent) decode(b []byte) bool {
 // fuzz target pin scan to decode wherever scan reports true.
 func (e *usageEvent) scan(b []byte) bool {
 	*e = usageEvent{}
-	i := skipWS(b, 0)
+	i := jsonscan.SkipWS(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return false
 	}
 	var seen uint8
-	end, err := eachMember(b, i, 0, func(key []byte, special bool, vs int) (int, error) {
+	end, err := jsonscan.EachMember(b, i, 0, func(key []byte, special bool, vs int) (int, error) {
 		f, err := field(key, special, eventNames, &seen)
 		if err != nil {
 			return 0, err
@@ -83,7 +85,7 @@ func (e *usageEvent) scan(b []byte) bool {
 			return end, err
 		case 2:
 			if b[vs] == 'n' {
-				return skipLiteral(b, vs, "null")
+				return jsonscan.SkipLiteral(b, vs, "null")
 			}
 			if b[vs] != '{' {
 				return 0, errDecline
@@ -93,9 +95,9 @@ func (e *usageEvent) scan(b []byte) bool {
 		case 3:
 			return scanUsage(b, vs, 1, &e.usage, &e.hasUsage)
 		}
-		return skipValue(b, vs, 1)
+		return jsonscan.SkipValue(b, vs, 1)
 	})
-	if err != nil || skipWS(b, end) != len(b) {
+	if err != nil || jsonscan.SkipWS(b, end) != len(b) {
 		return false
 	}
 	return true
@@ -104,7 +106,7 @@ func (e *usageEvent) scan(b []byte) bool {
 // scanMessage reads the message object that starts at b[i].
 func (e *usageEvent) scanMessage(b []byte, i int) (int, error) {
 	var seen uint8
-	return eachMember(b, i, 1, func(key []byte, special bool, vs int) (int, error) {
+	return jsonscan.EachMember(b, i, 1, func(key []byte, special bool, vs int) (int, error) {
 		f, err := field(key, special, messageNames, &seen)
 		if err != nil {
 			return 0, err
@@ -117,21 +119,21 @@ func (e *usageEvent) scanMessage(b []byte, i int) (int, error) {
 		case 1:
 			return scanUsage(b, vs, 2, &e.msgUsage, &e.msgHasUsage)
 		}
-		return skipValue(b, vs, 2)
+		return jsonscan.SkipValue(b, vs, 2)
 	})
 }
 
 // scanUsage reads the usage value at b[i] (an object, or null for none) into u.
 func scanUsage(b []byte, i, depth int, u *wireUsage, has *bool) (int, error) {
 	if b[i] == 'n' {
-		return skipLiteral(b, i, "null")
+		return jsonscan.SkipLiteral(b, i, "null")
 	}
 	if b[i] != '{' {
 		return 0, errDecline
 	}
 	*has = true
 	var seen uint8
-	return eachMember(b, i, depth, func(key []byte, special bool, vs int) (int, error) {
+	return jsonscan.EachMember(b, i, depth, func(key []byte, special bool, vs int) (int, error) {
 		f, err := field(key, special, usageNames, &seen)
 		if err != nil {
 			return 0, err
@@ -147,13 +149,13 @@ func scanUsage(b []byte, i, depth int, u *wireUsage, has *bool) (int, error) {
 			return intValue(b, vs, &u.CacheReadInputTokens)
 		case 4:
 			if b[vs] == 'n' {
-				return skipLiteral(b, vs, "null")
+				return jsonscan.SkipLiteral(b, vs, "null")
 			}
 			if b[vs] != '{' {
 				return 0, errDecline
 			}
 			var seen uint8
-			return eachMember(b, vs, depth+1, func(key []byte, special bool, vs int) (int, error) {
+			return jsonscan.EachMember(b, vs, depth+1, func(key []byte, special bool, vs int) (int, error) {
 				f, err := field(key, special, ephemeralName, &seen)
 				if err != nil {
 					return 0, err
@@ -164,7 +166,7 @@ func scanUsage(b []byte, i, depth int, u *wireUsage, has *bool) (int, error) {
 				case 1:
 					return intValue(b, vs, &u.CacheCreation.Ephemeral1h)
 				}
-				return skipValue(b, vs, depth+2)
+				return jsonscan.SkipValue(b, vs, depth+2)
 			})
 		case 5:
 			v, end, err := plainString(b, vs)
@@ -173,7 +175,7 @@ func scanUsage(b []byte, i, depth int, u *wireUsage, has *bool) (int, error) {
 			}
 			return end, err
 		}
-		return skipValue(b, vs, depth+1)
+		return jsonscan.SkipValue(b, vs, depth+1)
 	})
 }
 
@@ -205,7 +207,7 @@ func field(key []byte, special bool, names []string, seen *uint8) (int, error) {
 func plainString(b []byte, i int) ([]byte, int, error) {
 	switch b[i] {
 	case '"':
-		end, special, err := skipString(b, i)
+		end, special, err := jsonscan.SkipString(b, i)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -214,7 +216,7 @@ func plainString(b []byte, i int) ([]byte, int, error) {
 		}
 		return b[i+1 : end-1], end, nil
 	case 'n':
-		end, err := skipLiteral(b, i, "null")
+		end, err := jsonscan.SkipLiteral(b, i, "null")
 		return nil, end, err
 	}
 	return nil, 0, errDecline
@@ -224,9 +226,9 @@ func plainString(b []byte, i int) ([]byte, int, error) {
 // Fractions, exponents and overflow are errors for encoding/json; scan declines them.
 func intValue(b []byte, i int, v *int64) (int, error) {
 	if b[i] == 'n' {
-		return skipLiteral(b, i, "null")
+		return jsonscan.SkipLiteral(b, i, "null")
 	}
-	end, err := skipNumber(b, i)
+	end, err := jsonscan.SkipNumber(b, i)
 	if err != nil {
 		return 0, err
 	}
@@ -251,3 +253,5 @@ func intValue(b []byte, i int, v *int64) (int, error) {
 	*v = n
 	return end, nil
 }
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
