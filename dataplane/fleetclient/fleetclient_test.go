@@ -198,6 +198,21 @@ func TestReportUsageNowSkipsTheBatchWait(t *testing.T) {
 	require.Equal(t, "urgent", got[1].GetRequestId())
 }
 
+// An event the control plane must act on at once (a 401 whose request waits for the refreshed
+// credential) does not wait for the batch interval either.
+func TestReportEventNowSkipsTheBatchWait(t *testing.T) {
+	h := start(t, Options{BatchSize: 500, BatchInterval: time.Hour})
+	time.Sleep(200 * time.Millisecond) // the Report stream is up
+	h.c.ReportEvent(&crsv1.AccountEvent{AccountId: "a1", Kind: "success", RequestId: "r0"})
+	time.Sleep(100 * time.Millisecond)
+	require.Empty(t, h.srv.Events(), "an ordinary event waits for the interval or a full batch")
+	began := time.Now()
+	h.c.ReportEventNow(&crsv1.AccountEvent{AccountId: "a1", Kind: "unauthorized", RequestId: "r1"})
+	require.Eventually(t, func() bool { return len(h.srv.Events()) == 2 }, 2*time.Second, time.Millisecond)
+	require.Less(t, time.Since(began), time.Second)
+	require.Equal(t, "unauthorized", h.srv.Events()[1].GetKind())
+}
+
 func TestReportSurvivesControlPlaneRestart(t *testing.T) {
 	h := start(t, Options{BatchSize: 2})
 	h.srv.HoldAcks(true)

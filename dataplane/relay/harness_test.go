@@ -128,6 +128,12 @@ type front struct {
 
 func newFront(t *testing.T, o Options, accts ...*crsv1.Account) *front {
 	t.Helper()
+	return newFrontRefresh(t, o, nil, accts...)
+}
+
+// newFrontRefresh is newFront with a Refresher on every request.
+func newFrontRefresh(t *testing.T, o Options, refresh Refresher, accts ...*crsv1.Account) *front {
+	t.Helper()
 	if o.Logger == nil {
 		o.Logger = zaptest.NewLogger(t)
 	}
@@ -139,7 +145,7 @@ func newFront(t *testing.T, o Options, accts ...*crsv1.Account) *front {
 		req := &Request{
 			RequestID: "req-1", KeyID: "key-1", Endpoint: string(ctx.Path()),
 			Op: OpMessages, Body: append([]byte(nil), ctx.PostBody()...),
-			Query: append([]byte(nil), ctx.URI().QueryString()...), Started: time.Now(),
+			Query: append([]byte(nil), ctx.URI().QueryString()...), Started: time.Now(), Refresh: refresh,
 		}
 		if strings.HasSuffix(req.Endpoint, "/count_tokens") {
 			req.Op = OpCountTokens

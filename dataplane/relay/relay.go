@@ -7,7 +7,8 @@
 // Platform specifics (auth headers, base URLs, usage fields, error classification) live in one
 // package per platform under relay/ (relay/claude) behind the small [platform.Upstream] interface.
 // The hot path: serve.go (attempt loop), transport.go (upstream clients and timeouts), stream.go
-// (SSE pass-through), respond.go (buffered answers and header filtering).
+// (SSE pass-through), respond.go (buffered answers and header filtering); proxy.go dials through
+// per-account proxies (SOCKS5, HTTP CONNECT).
 package relay
 
 import (
@@ -27,6 +28,10 @@ type Request = platform.Request
 // Header is one HTTP header.
 type Header = platform.Header
 
+// Refresher renews an OAuth account's credential after a 401, for one retry of the account
+// (Request.Refresh); documented at [platform.Refresher].
+type Refresher = platform.Refresher
+
 // Ops.
 const (
 	OpMessages    = platform.OpMessages
@@ -41,7 +46,8 @@ type Outcome struct {
 	Status int
 	// Usage read from the response (SSE message_start/message_delta or JSON body).
 	Usage *crsv1.UsageRecord
-	// Events are account events observed on each attempt (429, 529, 401, ...) and a success event.
+	// Events are account events observed on each attempt (429, 529, 401, ...) and a success event,
+	// except a 401 handed to Request.Refresh (which reports it).
 	Events []*crsv1.AccountEvent
 	// Attempts made.
 	Attempts int

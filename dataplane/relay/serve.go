@@ -61,6 +61,8 @@ type Relay struct {
 	log       *zap.Logger
 	o         Options
 	tr        *transport
+	proxyMu   sync.RWMutex
+	proxies   map[string]proxied // by proxy URL
 	official  *claude.Official
 	console   claude.Console
 	splitters sync.Pool // *sse.Splitter, reset, buffer at most keepSplitterBuffer
@@ -93,7 +95,7 @@ func New(o Options) *Relay {
 	return &Relay{
 		log:      o.Logger.Named("relay"),
 		o:        o,
-		tr:       newTransport(&o),
+		tr:       newTransport(&o, nil),
 		official: &claude.Official{BaseURL: o.ClaudeBaseURL},
 	}
 }
@@ -118,13 +120,17 @@ func (r *Relay) upstream(acct *crsv1.Account) platform.Upstream {
 //
 // Candidates are tried in order, at most Options.MaxAttempts of them, as long as nothing was sent to
 // the client: a connection error, a timeout before the response headers, 401, 403, 429, 529 or 5xx
-// move on to the next one, each recorded as an account event. A client error (400, 404, 413...) is
+// move on to the next one, each recorded as an account event. A 401 from an OAuth account, when
+// the request has a Refresher, is handed to it instead (it reports the event at once and waits for
+// a renewed credential): with one, the same account is tried once more (not counted against
+// MaxAttempts). An account with a proxy is reached through it (transportFor); a proxy that fails
+// is the account's failure like a connection error. A client error (400, 404, 413...) is
 // passed through. When every attempt failed the last upstream answer is passed through (as an
 // in-band event: error for a stream request), or, if none answered, 502/504 JSON.
 func (r *Relay) Serve(ctx *fasthttp.RequestCtx, req *Request, cands Candidates, done func(*Outcome)) {
 	blk := &outcomeBlock{}
 	c := call{r: r, ctx: ctx, req: req, out: &blk.out, blk: blk, done: done}
-	for c.out.Attempts < r.o.MaxAttempts {
+	for c.out.Attempts-c.retries < r.o.MaxAttempts {
 		acct := cands.Next()
 		if acct == nil {
 			break
@@ -141,8 +147,40 @@ func (r *Relay) Serve(ctx *fasthttp.RequestCtx, req *Request, cands Candidates, 
 		if c.attempt(acct, up) {
 			return
 		}
+		if fresh := c.refreshed(acct); fresh != nil {
+			// The same account once more, with its renewed credential; this retry does not count
+			// against MaxAttempts, and a second 401 fails over.
+			c.out.Account = fresh
+			c.out.Attempts++
+			c.retries++
+			c.retrying = true
+			decided := c.attempt(fresh, up)
+			c.retrying = false
+			if decided {
+				return
+			}
+		}
 	}
 	c.fail()
+}
+
+// refreshed returns acct with a renewed credential when its last attempt met 401 and the
+// request's Refresher got one in time, nil otherwise.
+func (c *call) refreshed(acct *crsv1.Account) *crsv1.Account {
+	ev := c.unauthorized
+	if ev == nil {
+		return nil
+	}
+	c.unauthorized = nil
+	fresh := c.req.Refresh.Refreshed(acct, ev)
+	if fresh == nil {
+		c.r.log.Info("no renewed credential after 401; failing over", zap.String("request_id", c.req.RequestID),
+			zap.String("account_id", acct.GetId()))
+		return nil
+	}
+	c.r.log.Info("credential renewed after 401; retrying the account", zap.String("request_id", c.req.RequestID),
+		zap.String("account_id", acct.GetId()))
+	return fresh
 }
 
 // call is the state of one Serve. It is created per request and is not thread-safe; once a stream
@@ -155,6 +193,13 @@ type call struct {
 	blk  *outcomeBlock // holds out
 	done func(*Outcome)
 	last failure
+	// retries counts attempts that retried an account with a renewed credential; retrying is set
+	// during such an attempt.
+	retries  int
+	retrying bool
+	// unauthorized is the event of a 401 from an OAuth account, kept out of out.Events for the
+	// Refresher (see refreshed); set by attempt, taken by refreshed.
+	unauthorized *crsv1.AccountEvent
 }
 
 // outcomeBlock is an Outcome with room for what it points to in the common case (one event, one
@@ -197,7 +242,16 @@ func (c *call) attempt(acct *crsv1.Account, up platform.Upstream) bool {
 		c.last = failure{transport: &f}
 		return false
 	}
-	tr := r.transportFor(acct)
+	tr, err := r.transportFor(acct)
+	if err != nil {
+		fasthttp.ReleaseRequest(upReq)
+		r.log.Warn("account unusable", zap.String("request_id", req.RequestID),
+			zap.String("account_id", acct.GetId()), zap.Error(err))
+		c.event(acct, platform.Verdict{Kind: platform.EventServerError, Reason: "proxy: " + err.Error()}, 0)
+		f := failRefused
+		c.last = failure{transport: &f}
+		return false
+	}
 	client := tr.unary
 	if req.Stream {
 		client = tr.stream
@@ -227,7 +281,11 @@ func (c *call) attempt(acct *crsv1.Account, up platform.Upstream) bool {
 		return c.transportError(acct, err)
 	}
 	v := up.Classify(status, &resp.Header, body, model)
-	if v.Kind != "" {
+	switch {
+	case v.Kind == platform.EventUnauthorized && v.Failover && c.mayRefresh(acct):
+		// Reported by the Refresher at once, not with the outcome (see refreshed).
+		c.unauthorized = c.newEvent(acct, v, status)
+	case v.Kind != "":
 		c.event(acct, v, status)
 	}
 	if !v.Failover {
@@ -262,12 +320,19 @@ func (c *call) transportError(acct *crsv1.Account, err error) bool {
 		return true
 	}
 	f := classifyTransport(err)
+	reason := "upstream " + f.String()
+	// A proxy that cannot be reached or refuses the tunnel is the account's failure, named as such;
+	// the client is told the upstream could not be reached.
+	var pe *proxyError
+	if errors.As(err, &pe) {
+		f, reason = failRefused, pe.Error()
+	}
 	c.r.log.Warn("upstream attempt failed", zap.String("request_id", c.req.RequestID),
 		zap.String("account_id", acct.GetId()), zap.Int("attempt", c.out.Attempts),
 		zap.Stringer("failure", f), zap.Error(err))
 	// Running out of local connections to a host is this worker's limit, not the account's fault.
 	if !errors.Is(err, fasthttp.ErrNoFreeConns) {
-		c.event(acct, platform.Verdict{Kind: platform.EventServerError, Reason: "upstream " + f.String()}, 0)
+		c.event(acct, platform.Verdict{Kind: platform.EventServerError, Reason: reason}, 0)
 	}
 	c.last = failure{transport: &f}
 	return false
@@ -309,6 +374,12 @@ func transportError(f transportFailure) *apierr.Error {
 	return apierr.UpstreamUnavailable
 }
 
+// mayRefresh reports whether a 401 from acct may wait for a renewed credential: the request has a
+// Refresher, acct holds OAuth credentials, and this is not already the retry of acct.
+func (c *call) mayRefresh(acct *crsv1.Account) bool {
+	return c.req.Refresh != nil && !c.retrying && acct.GetOauth() != nil
+}
+
 // event appends an account event for acct to the outcome.
 func (c *call) event(acct *crsv1.Account, v platform.Verdict, status int) {
 	var e *crsv1.AccountEvent
@@ -320,6 +391,18 @@ func (c *call) event(acct *crsv1.Account, v platform.Verdict, status int) {
 	} else {
 		e, observed = &crsv1.AccountEvent{}, &timestamppb.Timestamp{}
 	}
+	c.fillEvent(e, observed, acct, v, status)
+	c.out.Events = append(c.out.Events, e)
+}
+
+// newEvent returns an account event for acct that is not part of the outcome.
+func (c *call) newEvent(acct *crsv1.Account, v platform.Verdict, status int) *crsv1.AccountEvent {
+	e := &crsv1.AccountEvent{}
+	c.fillEvent(e, &timestamppb.Timestamp{}, acct, v, status)
+	return e
+}
+
+func (c *call) fillEvent(e *crsv1.AccountEvent, observed *timestamppb.Timestamp, acct *crsv1.Account, v platform.Verdict, status int) {
 	setTimestamp(observed, time.Now())
 	e.AccountId = acct.GetId()
 	e.Kind = v.Kind
@@ -331,7 +414,6 @@ func (c *call) event(acct *crsv1.Account, v platform.Verdict, status int) {
 	if !v.Until.IsZero() {
 		e.Until = timestamppb.New(v.Until)
 	}
-	c.out.Events = append(c.out.Events, e)
 }
 
 // setTimestamp sets ts to t, as timestamppb.New does without allocating.

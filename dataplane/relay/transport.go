@@ -23,10 +23,15 @@ type transport struct {
 	unary, stream *fasthttp.Client
 }
 
-func newTransport(o *Options) *transport {
-	dialer := &fasthttp.TCPDialer{DNSCacheDuration: time.Minute}
-	dial := func(addr string) (net.Conn, error) {
-		c, err := dialer.DialTimeout(addr, o.ConnectTimeout)
+// newTransport returns the clients of one way of dialing: dial (nil: direct TCP, bounded by
+// ConnectTimeout), every connection wrapped in a deadlineConn.
+func newTransport(o *Options, dial fasthttp.DialFunc) *transport {
+	if dial == nil {
+		dialer := &fasthttp.TCPDialer{DNSCacheDuration: time.Minute}
+		dial = func(addr string) (net.Conn, error) { return dialer.DialTimeout(addr, o.ConnectTimeout) }
+	}
+	wrapped := func(addr string) (net.Conn, error) {
+		c, err := dial(addr)
 		if err != nil {
 			return nil, err
 		}
@@ -36,7 +41,7 @@ func newTransport(o *Options) *transport {
 	}
 	base := func() *fasthttp.Client {
 		return &fasthttp.Client{
-			Dial:                     dial,
+			Dial:                     wrapped,
 			NoDefaultUserAgentHeader: true,
 			DisablePathNormalizing:   true,
 			// No WriteTimeout: deadlineConn bounds writes (by FirstByteTimeout: the request must be
@@ -58,16 +63,55 @@ func newTransport(o *Options) *transport {
 	return &transport{unary: u, stream: s}
 }
 
-// transportFor returns the clients to reach acct with. Every account shares the default transport
-// for now; per-account proxies (acct.proxy, http:// or socks5:// via fasthttpproxy dialers) will
-// get a transport per distinct proxy here.
-func (r *Relay) transportFor(_ *crsv1.Account) *transport { return r.tr }
+// proxied is the transport of one proxy URL, or why the URL is unusable.
+type proxied struct {
+	tr  *transport
+	err error
+}
+
+// maxProxyTransports bounds the cache of proxy transports; past it the cache starts over (the
+// dropped clients close their idle connections by themselves after MaxIdleConnDuration).
+const maxProxyTransports = 1024
+
+// transportFor returns the clients to reach acct with: the shared direct transport, or for an
+// account with a proxy (acct.proxy: http://, https://, socks5://, socks5h://, with optional
+// user:pass@) the transport of that proxy URL, built on first use and kept (a changed URL is
+// another transport). An unusable URL is an error that names no credential.
+func (r *Relay) transportFor(acct *crsv1.Account) (*transport, error) {
+	raw := acct.GetProxy()
+	if raw == "" {
+		return r.tr, nil
+	}
+	r.proxyMu.RLock()
+	p, ok := r.proxies[raw]
+	r.proxyMu.RUnlock()
+	if ok {
+		return p.tr, p.err
+	}
+	r.proxyMu.Lock()
+	defer r.proxyMu.Unlock()
+	if p, ok := r.proxies[raw]; ok {
+		return p.tr, p.err
+	}
+	pd, err := newProxyDialer(raw, r.o.ConnectTimeout)
+	if err != nil {
+		p = proxied{err: err}
+	} else {
+		p = proxied{tr: newTransport(&r.o, pd.Dial)}
+	}
+	if r.proxies == nil || len(r.proxies) >= maxProxyTransports {
+		r.proxies = map[string]proxied{}
+	}
+	r.proxies[raw] = p
+	return p.tr, p.err
+}
 
 // retryStaleConn retries a request once when the connection broke before any response byte
 // arrived: the typical end of a keep-alive connection the upstream closed while it sat in the pool.
-// Timeouts are never retried (that would double the wait).
+// Timeouts and proxy failures are never retried (that would double the wait).
 func retryStaleConn(_ *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
-	if attempts > 1 || isTimeout(err) {
+	var pe *proxyError
+	if attempts > 1 || isTimeout(err) || errors.As(err, &pe) {
 		return false, false
 	}
 	return false, errors.Is(err, fasthttp.ErrConnectionClosed) || errors.Is(err, io.EOF) ||

@@ -139,6 +139,7 @@ func (w *Worker) relayClaude(ctx *fasthttp.RequestCtx, c *call, op string, m sch
 		Stream:    m.Stream,
 		Headers:   forwardedHeaders(&ctx.Request.Header),
 		Started:   started,
+		Refresh:   w.refresh,
 	}
 	route := c.route.name
 	c.async = true

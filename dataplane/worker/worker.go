@@ -91,6 +91,10 @@ type Options struct {
 	// Admitter grants concurrency leases and counts window requests; default
 	// fleetclient.NewAdmitter(Fleet), which Run closes.
 	Admitter Admitter
+	// RefreshWait bounds how long a request whose OAuth account answered 401 waits for the control
+	// plane to push a refreshed credential before it fails over (refresh.go). Default 5s;
+	// negative: no wait, a 401 fails over at once.
+	RefreshWait time.Duration
 }
 
 // Worker is the data-plane HTTP server. Build it with New, start it with Run.
@@ -110,6 +114,9 @@ type Worker struct {
 
 	idPrefix string
 	idSeq    atomic.Uint64
+
+	// refresh renews credentials refused with 401 (refresh.go); nil without a fleet client.
+	refresh relay.Refresher
 
 	// inflight counts requests handed to the relay whose done was not called yet.
 	inflight   sync.WaitGroup
@@ -146,6 +153,9 @@ func New(opts Options) *Worker {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.RefreshWait == 0 {
+		opts.RefreshWait = DefaultRefreshWait
+	}
 	w := &Worker{
 		opts:   opts,
 		log:    opts.Logger,
@@ -156,6 +166,9 @@ func New(opts Options) *Worker {
 		now:    opts.Now,
 	}
 	w.adm = newAdmissions(opts, opts.Logger)
+	if w.fleet != nil && opts.RefreshWait > 0 {
+		w.refresh = &credentialWait{src: w.fleet, wait: opts.RefreshWait, poll: refreshPoll}
+	}
 	if w.sched == nil {
 		var b sched.Binder
 		if w.fleet != nil {

@@ -437,9 +437,6 @@ func TestUnauthorizedRefreshRaceKeepsValidToken(t *testing.T) {
 // nothing has reached the client yet; so the client of the request that met the expired token is
 // served, with the new token.
 func TestWorkerRetriesAfterUnauthorizedRefresh(t *testing.T) {
-	t.Skip("BUG: dataplane/relay has no retry after a 401: the client gets the upstream's 401 " +
-		"(\"invalid x-api-key\") while the control plane refreshes the token in the background; issue 5 wants " +
-		"the worker to wait for the pushed token and retry once when nothing reached the client yet")
 	oa, oaURL := startOAuthMock(t, mockoauth.Options{})
 	const stale = "at-expired-e2e"
 	mock, mockURL := startMock(t)
@@ -912,9 +909,6 @@ func TestOAuthThroughSOCKS5Proxy(t *testing.T) {
 // SOCKS5 proxy reaches the upstream through that proxy; an account whose proxy is dead is an
 // account error with a clear reason (the request fails over), not a hang.
 func TestRelayThroughAccountSOCKS5Proxy(t *testing.T) {
-	t.Skip("BUG: workers ignore Account.proxy: dataplane/relay/transport.go transportFor returns the " +
-		"shared direct transport for every account (\"per-account proxies ... will get a transport per distinct " +
-		"proxy here\"), so upstream traffic of an account with a socks5:// proxy goes direct")
 	const user, pass = "crsuser", "proxy-pw-41d9"
 	mock, mockURL := startMock(t)
 	px := testproxy.StartSOCKS5(t, user, pass)

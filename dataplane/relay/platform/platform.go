@@ -39,6 +39,20 @@ type Request struct {
 	Headers []Header
 	// Started is when the worker received the request.
 	Started time.Time
+	// Refresh, when set, renews an OAuth account's credential after upstream refused it (401) before
+	// anything reached the client, so that the relay can retry the account once. Nil: a 401 fails
+	// over at once.
+	Refresh Refresher
+}
+
+// Refresher renews the credential of an account that upstream refused (see Request.Refresh).
+type Refresher interface {
+	// Refreshed is told that acct answered 401; ev is that "unauthorized" event, which the relay
+	// leaves out of its outcome's events: Refreshed reports it at once (the control plane refreshes
+	// the credential on it). It then waits, for a bounded time, for acct with a newer credential
+	// than the one it was tried with, and returns it; nil when none came in time. It is called from
+	// the request's goroutine, at most once per account per request.
+	Refreshed(acct *crsv1.Account, ev *crsv1.AccountEvent) *crsv1.Account
 }
 
 // Header is one HTTP header.
