@@ -50,19 +50,15 @@ const (
 // runControl is `crs control`: the control plane alone, for production. It refuses to start
 // without security.encryption_key.
 func runControl(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg, err := loadConfig("control", args, stderr)
-	if err != nil {
-		return err
-	}
-	if cfg.Security.EncryptionKey == "" {
-		return errors.New("security.encryption_key: required by crs control (64 hex characters, e.g. `openssl rand -hex 32`, " +
-			"or base64 of 32 bytes; set CRS_SECURITY__ENCRYPTION_KEY or the config file); crs dev generates one")
-	}
-	log, err := newLogger(cfg.Log, stderr)
+	cfg, log, err := startup("control", args, stderr)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+	if cfg.Security.EncryptionKey == "" {
+		return errors.New("security.encryption_key: required by crs control (64 hex characters, e.g. `openssl rand -hex 32`, " +
+			"or base64 of 32 bytes; set CRS_SECURITY__ENCRYPTION_KEY or the config file); crs dev generates one")
+	}
 	key, err := parseEncryptionKey(cfg.Security.EncryptionKey, log)
 	if err != nil {
 		return err

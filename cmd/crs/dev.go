@@ -19,11 +19,7 @@ import (
 // the embedded store in -data-dir. Without security.encryption_key it uses
 // <data_dir>/encryption.key, generating it on the first start.
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg, err := loadConfig("dev", args, stderr)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg.Log, stderr)
+	cfg, log, err := startup("dev", args, stderr)
 	if err != nil {
 		return err
 	}

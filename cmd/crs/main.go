@@ -77,6 +77,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
+// startup reads and validates a server subcommand's configuration and builds its logger; the
+// caller syncs the logger when it returns.
+func startup(name string, args []string, stderr io.Writer) (config.Config, *zap.Logger, error) {
+	cfg, err := loadConfig(name, args, stderr)
+	if err != nil {
+		return cfg, nil, err
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	return cfg, log, err
+}
+
 // loadConfig reads and validates the configuration of a subcommand.
 func loadConfig(name string, args []string, stderr io.Writer) (config.Config, error) {
 	cfg, err := config.Load(name, args, os.Environ(), stderr)

@@ -22,11 +22,7 @@ import (
 
 // runWorker is `crs worker`: one stateless data-plane worker connected to a control plane.
 func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg, err := loadConfig("worker", args, stderr)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg.Log, stderr)
+	cfg, log, err := startup("worker", args, stderr)
 	if err != nil {
 		return err
 	}
