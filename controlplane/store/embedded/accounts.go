@@ -10,16 +10,17 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/crsrelay/crs/controlplane/store"
+	"github.com/crsrelay/crs/controlplane/store/internal/records"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
 )
 
 // CreateAccount implements [store.Store.CreateAccount].
 func (s *Store) CreateAccount(ctx context.Context, a *store.Account) error {
-	if err := checkAccount(a); err != nil {
+	if err := records.CheckAccount(a); err != nil {
 		return err
 	}
 	id := a.Account.GetId()
-	msg, err := encodePublic(a.Account)
+	msg, err := records.EncodePublic(a.Account)
 	if err != nil {
 		return err
 	}
@@ -64,11 +65,11 @@ func (s *Store) GetAccount(ctx context.Context, id string) (*store.Account, erro
 // UpdateAccount implements [store.Store.UpdateAccount]. It keeps the stored credentials,
 // generation and status.
 func (s *Store) UpdateAccount(ctx context.Context, a *store.Account) error {
-	if err := checkAccount(a); err != nil {
+	if err := records.CheckAccount(a); err != nil {
 		return err
 	}
 	id := a.Account.GetId()
-	msg, err := encodePublic(a.Account)
+	msg, err := records.EncodePublic(a.Account)
 	if err != nil {
 		return err
 	}
@@ -156,7 +157,7 @@ func (s *Store) ListAccounts(ctx context.Context) ([]*store.Account, error) {
 		return nil, err
 	}
 	slices.SortFunc(out, func(a, b *store.Account) int {
-		return compareCreated(a.Account.GetCreatedAt(), a.Account.GetId(), b.Account.GetCreatedAt(), b.Account.GetId())
+		return records.CompareCreated(a.Account.GetCreatedAt(), a.Account.GetId(), b.Account.GetCreatedAt(), b.Account.GetId())
 	})
 	return out, nil
 }
@@ -184,16 +185,6 @@ func (s *Store) modifyAccount(ctx context.Context, id string, fn func(*envelope)
 	})
 }
 
-func checkAccount(a *store.Account) error {
-	switch {
-	case a == nil || a.Account == nil:
-		return fmt.Errorf("store account: nil account")
-	case a.Account.GetId() == "":
-		return fmt.Errorf("store account: empty id")
-	}
-	return nil
-}
-
 // encodeStatus encodes st; nil for no status, a non-nil (possibly empty) slice otherwise, so an
 // empty status is still stored as present.
 func encodeStatus(id string, st *crsv1.AccountStatus) ([]byte, error) {
@@ -205,19 +196,6 @@ func encodeStatus(id string, st *crsv1.AccountStatus) ([]byte, error) {
 		return nil, fmt.Errorf("encode account %s status: %w", id, err)
 	}
 	return b, nil
-}
-
-// encodePublic encodes an account without its status, which lives in its own entry.
-func encodePublic(acc *crsv1.Account) ([]byte, error) {
-	if acc.GetStatus() != nil {
-		acc = proto.CloneOf(acc)
-		acc.Status = nil
-	}
-	msg, err := proto.Marshal(acc)
-	if err != nil {
-		return nil, fmt.Errorf("encode account %s: %w", acc.GetId(), err)
-	}
-	return msg, nil
 }
 
 func decodeAccount(tx *bolt.Tx, id string, v []byte) (*store.Account, error) {

@@ -1,22 +1,21 @@
 package embedded
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"slices"
 
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/crsrelay/crs/controlplane/store"
+	"github.com/crsrelay/crs/controlplane/store/internal/records"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
 )
 
 // CreateKey implements [store.Store.CreateKey].
 func (s *Store) CreateKey(ctx context.Context, k *store.Key) error {
-	if err := checkKey(k); err != nil {
+	if err := records.CheckKey(k); err != nil {
 		return err
 	}
 	id := k.Key.GetId()
@@ -71,7 +70,7 @@ func (s *Store) KeyByHash(ctx context.Context, hash string) (*store.Key, error) 
 
 // UpdateKey implements [store.Store.UpdateKey].
 func (s *Store) UpdateKey(ctx context.Context, k *store.Key) error {
-	if err := checkKey(k); err != nil {
+	if err := records.CheckKey(k); err != nil {
 		return err
 	}
 	id := k.Key.GetId()
@@ -139,21 +138,9 @@ func (s *Store) ListKeys(ctx context.Context) ([]*store.Key, error) {
 		return nil, err
 	}
 	slices.SortFunc(out, func(a, b *store.Key) int {
-		return compareCreated(a.Key.GetCreatedAt(), a.Key.GetId(), b.Key.GetCreatedAt(), b.Key.GetId())
+		return records.CompareCreated(a.Key.GetCreatedAt(), a.Key.GetId(), b.Key.GetCreatedAt(), b.Key.GetId())
 	})
 	return out, nil
-}
-
-func checkKey(k *store.Key) error {
-	switch {
-	case k == nil || k.Key == nil:
-		return fmt.Errorf("store key: nil key")
-	case k.Key.GetId() == "":
-		return fmt.Errorf("store key: empty id")
-	case k.Hash == "":
-		return fmt.Errorf("store key %s: empty hash", k.Key.GetId())
-	}
-	return nil
 }
 
 func encodeKey(k *store.Key) ([]byte, error) {
@@ -186,13 +173,4 @@ func getKey(tx *bolt.Tx, id string) (*store.Key, error) {
 		return nil, fmt.Errorf("key %s: %w", id, err)
 	}
 	return k, nil
-}
-
-// compareCreated orders records by creation time, then id (unset times sort first).
-func compareCreated(at *timestamppb.Timestamp, aid string, bt *timestamppb.Timestamp, bid string) int {
-	return cmp.Or(
-		cmp.Compare(at.GetSeconds(), bt.GetSeconds()),
-		cmp.Compare(at.GetNanos(), bt.GetNanos()),
-		cmp.Compare(aid, bid),
-	)
 }

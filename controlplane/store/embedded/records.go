@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/crsrelay/crs/controlplane/store"
+	"github.com/crsrelay/crs/controlplane/store/internal/records"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
 )
 
@@ -100,7 +101,7 @@ func (s *Store) ListGroups(ctx context.Context) ([]*crsv1.AccountGroup, error) {
 		return nil, err
 	}
 	slices.SortFunc(out, func(a, b *crsv1.AccountGroup) int {
-		return compareCreated(a.GetCreatedAt(), a.GetId(), b.GetCreatedAt(), b.GetId())
+		return records.CompareCreated(a.GetCreatedAt(), a.GetId(), b.GetCreatedAt(), b.GetId())
 	})
 	return out, nil
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/crsrelay/crs/controlplane/store"
+	"github.com/crsrelay/crs/controlplane/store/internal/records"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
 )
 
@@ -18,11 +19,11 @@ var accountFields = []string{"pb", "sealed", "gen", "status"}
 
 // CreateAccount implements [store.Store.CreateAccount].
 func (s *Store) CreateAccount(ctx context.Context, a *store.Account) error {
-	if err := checkAccount(a); err != nil {
+	if err := records.CheckAccount(a); err != nil {
 		return err
 	}
 	id := a.Account.GetId()
-	pb, err := encodePublic(a.Account)
+	pb, err := records.EncodePublic(a.Account)
 	if err != nil {
 		return err
 	}
@@ -51,11 +52,11 @@ func (s *Store) GetAccount(ctx context.Context, id string) (*store.Account, erro
 // UpdateAccount implements [store.Store.UpdateAccount]: it writes only the pb field, so the
 // credentials, generation and status are kept.
 func (s *Store) UpdateAccount(ctx context.Context, a *store.Account) error {
-	if err := checkAccount(a); err != nil {
+	if err := records.CheckAccount(a); err != nil {
 		return err
 	}
 	id := a.Account.GetId()
-	pb, err := encodePublic(a.Account)
+	pb, err := records.EncodePublic(a.Account)
 	if err != nil {
 		return err
 	}
@@ -122,32 +123,9 @@ func (s *Store) ListAccounts(ctx context.Context) ([]*store.Account, error) {
 		out = append(out, a)
 	}
 	slices.SortFunc(out, func(a, b *store.Account) int {
-		return compareCreated(a.Account.GetCreatedAt(), a.Account.GetId(), b.Account.GetCreatedAt(), b.Account.GetId())
+		return records.CompareCreated(a.Account.GetCreatedAt(), a.Account.GetId(), b.Account.GetCreatedAt(), b.Account.GetId())
 	})
 	return out, nil
-}
-
-func checkAccount(a *store.Account) error {
-	switch {
-	case a == nil || a.Account == nil:
-		return fmt.Errorf("store account: nil account")
-	case a.Account.GetId() == "":
-		return fmt.Errorf("store account: empty id")
-	}
-	return nil
-}
-
-// encodePublic encodes an account without its status, which lives in its own field.
-func encodePublic(acc *crsv1.Account) ([]byte, error) {
-	if acc.GetStatus() != nil {
-		acc = proto.CloneOf(acc)
-		acc.Status = nil
-	}
-	pb, err := proto.Marshal(acc)
-	if err != nil {
-		return nil, fmt.Errorf("encode account %s: %w", acc.GetId(), err)
-	}
-	return pb, nil
 }
 
 // decodeAccount decodes HMGET pb sealed gen status.
