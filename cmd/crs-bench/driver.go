@@ -36,7 +36,7 @@ type options struct {
 	keepTmp             bool
 	// dev runs `crs dev` (one process) instead of `crs control` + `crs worker`.
 	dev                  bool
-	crsEnv               multiFlag
+	crsEnv, workerEnv    multiFlag
 	upstreamKey, modelID string
 }
 
@@ -72,6 +72,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.dev, "dev", false, "run `crs dev` (control plane and worker in one process) instead of separate control and worker processes")
 	fs.BoolVar(&o.keepTmp, "keep", false, "keep the temporary directory (logs, data) after the run")
 	fs.Var(&o.crsEnv, "crs-env", "extra KEY=VALUE environment for crs (repeatable)")
+	fs.Var(&o.workerEnv, "worker-env", "extra KEY=VALUE environment for `crs worker` only, after -crs-env (repeatable; e.g. CRS_PPROF_ADDR)")
 	fs.StringVar(&o.upstreamKey, "upstream-key", "sk-ant-bench", "API key of the console account (sent to the mock)")
 	fs.StringVar(&o.modelID, "model", "claude-sonnet-4-20250514", "model of the requests")
 	if err := fs.Parse(args); err != nil {
@@ -290,7 +291,7 @@ func startCRS(ctx context.Context, o options, e *env) error {
 	if !o.dev {
 		e.control = p
 		if p, _, err = startProc(ctx, procSpec{
-			name: "crs worker", bin: o.crsBin, args: []string{"worker"}, env: vars,
+			name: "crs worker", bin: o.crsBin, args: []string{"worker"}, env: append(vars, o.workerEnv...),
 			logPath: filepath.Join(e.tmp, "crs-worker.log"),
 		}); err != nil {
 			return err
