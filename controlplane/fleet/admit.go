@@ -76,10 +76,9 @@ func (s *Service) Admit(stream crsv1.FleetService_AdmitServer) error {
 	if err := s.waitReady(ctx); err != nil {
 		return err
 	}
-	var (
-		sendMu sync.Mutex
-		wg     sync.WaitGroup
-	)
+	conn := &admitConn{send: stream.Send}
+	defer s.credit.gone(conn)
+	var wg sync.WaitGroup
 	sem := make(chan struct{}, admitParallelism)
 	defer wg.Wait() // answers of requests in flight are sent before the stream ends
 	for {
@@ -101,12 +100,11 @@ func (s *Service) Admit(stream crsv1.FleetService_AdmitServer) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			resp := s.admit(ctx, req)
-			sendMu.Lock()
-			err := stream.Send(resp)
-			sendMu.Unlock()
-			if err != nil && req.GetAcquire() != nil && resp.GetLeaseId() != "" {
-				s.releaseQuietly(ctx, resp.GetLeaseId(), "grant not delivered")
+			resp := s.admit(ctx, req, conn)
+			if err := conn.sendLocked(resp); err != nil && req.GetAcquire() != nil && resp.GetLeaseId() != "" {
+				for _, id := range append([]string{resp.GetLeaseId()}, resp.GetExtraLeaseIds()...) {
+					s.releaseQuietly(ctx, id, "grant not delivered")
+				}
 			}
 		}()
 	}
@@ -119,6 +117,9 @@ func validateAdmit(req *crsv1.AdmitRequest) error {
 		a := op.Acquire
 		if len(a.GetLimits()) > maxAcquireLimits {
 			return status.Errorf(codes.InvalidArgument, "acquire.limits: more than %d", maxAcquireLimits)
+		}
+		if a.GetCount() < 0 || a.GetCount() > maxCredit {
+			return status.Errorf(codes.InvalidArgument, "acquire.count: %d is not in [0, %d]", a.GetCount(), maxCredit)
 		}
 		for i, l := range a.GetLimits() {
 			switch {
@@ -150,8 +151,8 @@ func validateLeaseIDs(op string, ids []string) error {
 	return nil
 }
 
-// admit answers one validated request.
-func (s *Service) admit(streamCtx context.Context, req *crsv1.AdmitRequest) *crsv1.AdmitResponse {
+// admit answers one validated request from the stream conn.
+func (s *Service) admit(streamCtx context.Context, req *crsv1.AdmitRequest, conn *admitConn) *crsv1.AdmitResponse {
 	// Not tied to the stream, so a disconnect cannot abort a grant halfway. No per-call timer
 	// either (one per request showed up in profiles): the store bounds its own calls (embedded
 	// leases are in memory; go-redis has read and write timeouts).
@@ -159,7 +160,7 @@ func (s *Service) admit(streamCtx context.Context, req *crsv1.AdmitRequest) *crs
 	resp := &crsv1.AdmitResponse{Seq: req.GetSeq()}
 	switch op := req.GetOp().(type) {
 	case *crsv1.AdmitRequest_Acquire:
-		s.acquire(ctx, op.Acquire, resp)
+		s.acquire(ctx, op.Acquire, resp, conn)
 	case *crsv1.AdmitRequest_Renew:
 		s.renew(ctx, op.Renew.GetLeaseIds(), resp)
 	case *crsv1.AdmitRequest_Release:
@@ -175,14 +176,14 @@ func (s *Service) admit(streamCtx context.Context, req *crsv1.AdmitRequest) *crs
 
 // acquire takes a slot on every concurrency limit, then counts the request in the key's fixed
 // window, in the reference's order (§2.3 steps 6 and 7): a request refused for concurrency is
-// not counted in the window, and one refused by the window gives its slots back.
-func (s *Service) acquire(ctx context.Context, a *crsv1.LeaseAcquire, resp *crsv1.AdmitResponse) {
-	now := s.now()
+// not counted in the window, and one refused by the window gives its slots back. An acquire
+// asking for credit (count > 1) may get more leases on its one limit (credit.go).
+func (s *Service) acquire(ctx context.Context, a *crsv1.LeaseAcquire, resp *crsv1.AdmitResponse, conn *admitConn) {
 	limits := s.currentLimits(a.GetLimits())
 	var leaseID string
 	if len(limits) > 0 {
 		leaseID = rand.Text()
-		got, err := s.limits.AcquireLeases(ctx, leaseID, limits, s.leaseTTL, now)
+		got, err := s.acquireReclaiming(ctx, leaseID, limits)
 		if err != nil {
 			s.log.Warn("lease acquire failed", zap.String("request_id", a.GetRequestId()), zap.Error(err))
 			// The store may have applied it before failing to answer: give it back.
@@ -197,6 +198,7 @@ func (s *Service) acquire(ctx context.Context, a *crsv1.LeaseAcquire, resp *crsv
 			return
 		}
 	}
+	now := s.now()
 	if id := a.GetWindowKeyId(); id != "" {
 		if k := s.cachedKey(id); hasWindowLimit(k) {
 			win := windowOf(k)
@@ -222,6 +224,9 @@ func (s *Service) acquire(ctx context.Context, a *crsv1.LeaseAcquire, resp *crsv
 	if leaseID != "" {
 		resp.LeaseId = leaseID
 		resp.Ttl = durationpb.New(s.leaseTTL)
+		if creditEligible(a, limits) {
+			s.grantCredit(ctx, conn, a, limits[0], resp, now)
+		}
 	}
 }
 

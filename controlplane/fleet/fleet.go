@@ -113,6 +113,7 @@ type Service struct {
 	metrics   *fleetMetrics
 	st        store.Store
 	limits    store.LimitStore
+	credit    *credits
 	locks     store.LockStore
 	owner     string // this replica's name in store locks
 	leaseTTL  time.Duration
@@ -164,6 +165,7 @@ func New(o Options) *Service {
 		log:      o.Logger,
 		st:       o.Store,
 		limits:   o.Limits,
+		credit:   newCredits(),
 		locks:    o.Locks,
 		owner:    replicaName(),
 		leaseTTL: o.LeaseTTL,

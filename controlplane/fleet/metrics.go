@@ -13,7 +13,9 @@ type fleetMetrics struct {
 	recordsDuplicate *metrics.Counter
 	costUSD          *metrics.FloatCounter
 	ratedCostUSD     *metrics.FloatCounter
-	set              *metrics.Set
+	// reclaims counts limits whose slot credit was reclaimed (credit.go).
+	reclaims *metrics.Counter
+	set      *metrics.Set
 }
 
 func newFleetMetrics(set *metrics.Set, s *Service) *fleetMetrics {
@@ -27,6 +29,7 @@ func newFleetMetrics(set *metrics.Set, s *Service) *fleetMetrics {
 		recordsDuplicate: set.NewCounter(`crs_usage_records_total{result="duplicate"}`),
 		costUSD:          set.NewFloatCounter(`crs_usage_cost_usd_total`),
 		ratedCostUSD:     set.NewFloatCounter(`crs_usage_rated_cost_usd_total`),
+		reclaims:         set.NewCounter(`crs_admit_credit_reclaims_total`),
 	}
 	set.NewGauge(`crs_fleet_snapshot_version`, func() float64 { return float64(s.Version()) })
 	return m

@@ -95,8 +95,12 @@ type Admitter struct {
 	upCh    chan struct{} // closed when a stream comes up; replaced when it goes down
 	held    map[string]struct{}
 	pending []string // releases not sent yet (the stream was down)
-	ttl     time.Duration
-	closed  bool
+	// pools is the slot credit per limit, leasePool the pool of each credit-managed lease
+	// (credit.go).
+	pools     map[creditKey]*creditPool
+	leasePool map[string]*creditPool
+	ttl       time.Duration
+	closed    bool
 	// ttlChanged wakes the renewal loop when the control plane states another TTL.
 	ttlChanged chan struct{}
 
@@ -105,6 +109,10 @@ type Admitter struct {
 	unavailable *metrics.Counter
 	lost        *metrics.Counter
 	releases    *metrics.Counter
+	// creditHits counts acquires served from credit without a round trip; creditReclaimed the
+	// unused leases given back on a reclaim.
+	creditHits      *metrics.Counter
+	creditReclaimed *metrics.Counter
 }
 
 // NewAdmitter returns the Admit side of c. Call it once per Client.
@@ -122,7 +130,10 @@ func NewAdmitter(c *Client, o AdmitOptions) *Admitter {
 		upCh: make(chan struct{}),
 		held: make(map[string]struct{}),
 		ttl:  defaultLeaseTTL,
-		done: make(chan struct{}),
+
+		pools:     make(map[creditKey]*creditPool),
+		leasePool: make(map[string]*creditPool),
+		done:      make(chan struct{}),
 
 		ttlChanged: make(chan struct{}, 1),
 	}
@@ -133,6 +144,8 @@ func NewAdmitter(c *Client, o AdmitOptions) *Admitter {
 	a.unavailable = m.GetOrCreateCounter(p + "admit_unavailable_total")
 	a.lost = m.GetOrCreateCounter(p + "admit_leases_lost_total")
 	a.releases = m.GetOrCreateCounter(p + "admit_releases_total")
+	a.creditHits = m.GetOrCreateCounter(p + "admit_credit_hits_total")
+	a.creditReclaimed = m.GetOrCreateCounter(p + "admit_credit_reclaimed_total")
 	m.GetOrCreateGauge(p+"admit_leases_held", func() float64 { return float64(a.Held()) })
 	m.GetOrCreateGauge(p+"admit_stream_up", func() float64 {
 		if a.up() {
@@ -162,6 +175,7 @@ func (a *Admitter) start() {
 		var wg sync.WaitGroup
 		wg.Go(a.streamLoop)
 		wg.Go(a.renewLoop)
+		wg.Go(a.trimLoop)
 		go func() { wg.Wait(); close(a.done) }()
 	})
 }
@@ -174,8 +188,19 @@ func (a *Admitter) start() {
 //
 // A stream lost while an acquire is in flight is retried on the next one within Wait; a grant
 // the lost stream may have made is unknown to the worker and expires by its TTL.
+//
+// An acquire on one limit without a window is served from the slot credit of that limit when
+// there is some, without a round trip (credit.go); its lease goes back to the credit on Release.
 func (a *Admitter) Acquire(ctx context.Context, req *crsv1.LeaseAcquire) (*crsv1.AdmitResponse, error) {
 	a.start()
+	if creditEligible(req) {
+		return a.acquireCredit(ctx, req)
+	}
+	return a.acquireRemote(ctx, req)
+}
+
+// acquireRemote asks the control plane.
+func (a *Admitter) acquireRemote(ctx context.Context, req *crsv1.LeaseAcquire) (*crsv1.AdmitResponse, error) {
 	a.acquires.Inc()
 	until := time.Now().Add(a.opts.Wait)
 	for {
@@ -210,17 +235,40 @@ func (a *Admitter) Acquire(ctx context.Context, req *crsv1.LeaseAcquire) (*crsv1
 
 // Release gives leases back. Each held lease is released once on the wire however often it is
 // passed; ids that are not held (never granted, released already, reported lost) are ignored.
+// A lease of a credit pool goes back to the pool instead (and to the control plane from there).
 // It does not wait for the answer; while the stream is down the releases are queued for the next
 // one (and the leases expire by their TTL if it never comes).
 func (a *Admitter) Release(leaseIDs ...string) {
 	var ids []string
+	now := time.Now()
 	a.mu.Lock()
 	for _, id := range leaseIDs {
+		if p := a.leasePool[id]; p != nil {
+			if _, ok := a.held[id]; !ok { // lost meanwhile
+				p.inUse--
+				delete(a.leasePool, id)
+				continue
+			}
+			if !a.returnCreditLocked(p, id, now) {
+				continue
+			}
+		}
 		if _, ok := a.held[id]; ok {
 			delete(a.held, id)
 			ids = append(ids, id)
 		}
 	}
+	a.mu.Unlock()
+	a.releaseNow(ids)
+}
+
+// releaseNow sends the release of leases already removed from held, or queues it while the
+// stream is down.
+func (a *Admitter) releaseNow(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	a.mu.Lock()
 	s := a.cur
 	if len(ids) > 0 && s == nil {
 		a.queueReleasesLocked(ids)
@@ -231,10 +279,16 @@ func (a *Admitter) Release(leaseIDs ...string) {
 		return
 	}
 	a.releases.Add(len(ids))
-	if err := a.sendInternal(s, &crsv1.AdmitRequest{Op: &crsv1.AdmitRequest_Release{Release: &crsv1.LeaseRelease{LeaseIds: ids}}}, nil); err != nil {
-		a.mu.Lock()
-		a.queueReleasesLocked(ids)
-		a.mu.Unlock()
+	for len(ids) > 0 {
+		n := min(len(ids), maxLeaseIDsPerMessage)
+		req := &crsv1.AdmitRequest{Op: &crsv1.AdmitRequest_Release{Release: &crsv1.LeaseRelease{LeaseIds: ids[:n]}}}
+		if err := a.sendInternal(s, req, nil); err != nil {
+			a.mu.Lock()
+			a.queueReleasesLocked(ids)
+			a.mu.Unlock()
+			return
+		}
+		ids = ids[n:]
 	}
 }
 
@@ -249,8 +303,13 @@ func (a *Admitter) queueReleasesLocked(ids []string) {
 // control plane to take the last messages. Leases still held stay until their TTL.
 func (a *Admitter) Close(ctx context.Context) error {
 	a.mu.Lock()
-	a.closed = true
+	credit := a.allCreditLocked()
 	s := a.cur
+	a.mu.Unlock()
+	// Unused credit goes back now rather than by TTL: the other workers may use the slots.
+	a.releaseNow(credit)
+	a.mu.Lock()
+	a.closed = true
 	a.mu.Unlock()
 	// Never started: nothing runs, and start is a no-op from now on.
 	a.startOnce.Do(func() { close(a.done) })
@@ -340,14 +399,18 @@ func (a *Admitter) abandon(s *admitStream, seq uint64, c *admitCall) {
 	}
 	select {
 	case r := <-c.ch: // the answer arrived meanwhile
-		if r.GetGranted() && r.GetLeaseId() != "" {
-			a.mu.Lock()
-			a.held[r.GetLeaseId()] = struct{}{}
-			a.mu.Unlock()
-			a.Release(r.GetLeaseId())
-		}
+		a.releaseGrant(r)
 	default:
 	}
+}
+
+// releaseGrant gives back the leases of a grant no request will use.
+func (a *Admitter) releaseGrant(r *crsv1.AdmitResponse) {
+	if !r.GetGranted() || r.GetLeaseId() == "" {
+		return
+	}
+	ids := append([]string{r.GetLeaseId()}, r.GetExtraLeaseIds()...)
+	a.releaseNow(ids)
 }
 
 // sendInternal sends a message whose answer the Admitter handles itself (renew, release).
@@ -406,6 +469,20 @@ func (a *Admitter) renewLoop() {
 		}
 		last = time.Now()
 		a.renewHeld()
+	}
+}
+
+// trimLoop gives back, every creditTrimEvery, the credit that stayed unused (credit.go).
+func (a *Admitter) trimLoop() {
+	t := time.NewTicker(creditTrimEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+			a.trimCredit()
+		}
 	}
 }
 
@@ -555,18 +632,17 @@ func (a *Admitter) setDown(s *admitStream) {
 
 // dispatch hands an answer to its waiter.
 func (a *Admitter) dispatch(s *admitStream, r *crsv1.AdmitResponse) {
+	if r.GetSeq() == 0 && r.GetReclaim() != nil {
+		a.reclaimCredit(r)
+		return
+	}
 	c, abandoned := s.take(r.GetSeq())
 	switch {
 	case c == nil:
 		a.log.Debug("admit answer without a request", zap.Uint64("seq", r.GetSeq()))
 	case abandoned:
-		if r.GetGranted() && r.GetLeaseId() != "" {
-			a.mu.Lock()
-			a.held[r.GetLeaseId()] = struct{}{}
-			a.mu.Unlock()
-			// Not on this goroutine: a Send blocked by flow control must not stop the receiving.
-			go a.Release(r.GetLeaseId())
-		}
+		// Not on this goroutine: a Send blocked by flow control must not stop the receiving.
+		go a.releaseGrant(r)
 	case c.onAnswer != nil:
 		c.onAnswer(r)
 	case c.ch != nil:

@@ -44,6 +44,12 @@ type admitFake struct {
 	releases      map[string]int
 	acquires      int
 	streams       int
+	// credit makes acquires with count > 1 on one limit get extra leases (all the free slots up
+	// to count - 1); counts records the count of each acquire; push sends an unasked message on
+	// the newest stream.
+	credit bool
+	counts []int32
+	push   func(*crsv1.AdmitResponse) error
 }
 
 type fakeLease struct {
@@ -142,6 +148,13 @@ func (f *admitFake) Admit(stream grpc.BidiStreamingServer[crsv1.AdmitRequest, cr
 	var sendMu sync.Mutex
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	f.mu.Lock()
+	f.push = func(r *crsv1.AdmitResponse) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(r)
+	}
+	f.mu.Unlock()
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -172,6 +185,7 @@ func (f *admitFake) answer(req *crsv1.AdmitRequest) *crsv1.AdmitResponse {
 	case *crsv1.AdmitRequest_Acquire:
 		f.acquires++
 		a := op.Acquire
+		f.counts = append(f.counts, a.GetCount())
 		for _, l := range a.GetLimits() {
 			if cur := f.heldLocked(l.GetScope(), l.GetId(), now); cur >= int(l.GetLimit()) {
 				resp.RefusedScope, resp.Current, resp.Limit = l.GetScope(), int64(cur), int64(l.GetLimit())
@@ -190,6 +204,16 @@ func (f *admitFake) answer(req *crsv1.AdmitRequest) *crsv1.AdmitResponse {
 		if len(a.GetLimits()) > 0 {
 			resp.LeaseId = "lease-" + a.GetRequestId()
 			f.leases[resp.LeaseId] = fakeLease{limits: a.GetLimits(), expires: now.Add(f.ttl)}
+		}
+		if l := a.GetLimits(); f.credit && a.GetCount() > 1 && len(l) == 1 && a.GetWindowKeyId() == "" {
+			for i := range int(a.GetCount()) - 1 {
+				if f.heldLocked(l[0].GetScope(), l[0].GetId(), now) >= int(l[0].GetLimit()) {
+					break
+				}
+				id := fmt.Sprintf("lease-%s-x%d", a.GetRequestId(), i)
+				f.leases[id] = fakeLease{limits: l, expires: now.Add(f.ttl)}
+				resp.ExtraLeaseIds = append(resp.ExtraLeaseIds, id)
+			}
 		}
 	case *crsv1.AdmitRequest_Renew:
 		ids := op.Renew.GetLeaseIds()

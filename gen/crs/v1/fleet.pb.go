@@ -709,7 +709,12 @@ type LeaseAcquire struct {
 	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	Limits    []*LeaseLimit          `protobuf:"bytes,2,rep,name=limits,proto3" json:"limits,omitempty"`
 	// Also count one request in the key's fixed window, refusing when it is full.
-	WindowKeyId   string `protobuf:"bytes,3,opt,name=window_key_id,json=windowKeyId,proto3" json:"window_key_id,omitempty"`
+	WindowKeyId string `protobuf:"bytes,3,opt,name=window_key_id,json=windowKeyId,proto3" json:"window_key_id,omitempty"`
+	// Slot credit: with one limit and no window, the worker may ask for up to this many leases at
+	// once (0 or 1: one). It keeps the extra ones to admit later requests without a round trip,
+	// and gives back those it does not use or that the control plane reclaims. The control plane
+	// grants between one and count, fewer (or none beyond the first) when the limit is contended.
+	Count         int32 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -763,6 +768,13 @@ func (x *LeaseAcquire) GetWindowKeyId() string {
 		return x.WindowKeyId
 	}
 	return ""
+}
+
+func (x *LeaseAcquire) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
 }
 
 // LeaseLimit is one concurrency limit: scope "key" or "account", the id, and the limit.
@@ -926,7 +938,13 @@ type AdmitResponse struct {
 	Current      int64  `protobuf:"varint,6,opt,name=current,proto3" json:"current,omitempty"`
 	Limit        int64  `protobuf:"varint,7,opt,name=limit,proto3" json:"limit,omitempty"`
 	// When refused for a window: when it resets.
-	ResetAt       *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=reset_at,json=resetAt,proto3" json:"reset_at,omitempty"`
+	ResetAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=reset_at,json=resetAt,proto3" json:"reset_at,omitempty"`
+	// Leases granted beyond lease_id for an acquire with count > 1, on the same limit.
+	ExtraLeaseIds []string `protobuf:"bytes,9,rep,name=extra_lease_ids,json=extraLeaseIds,proto3" json:"extra_lease_ids,omitempty"`
+	// Sent unasked (seq 0): a request met this limit full while the worker may hold unused slot
+	// credit on it. The worker gives back its unused leases on the limit at once and stops keeping
+	// credit on it for a while (scope and id are set; limit is not).
+	Reclaim       *LeaseLimit `protobuf:"bytes,10,opt,name=reclaim,proto3" json:"reclaim,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1013,6 +1031,20 @@ func (x *AdmitResponse) GetLimit() int64 {
 func (x *AdmitResponse) GetResetAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ResetAt
+	}
+	return nil
+}
+
+func (x *AdmitResponse) GetExtraLeaseIds() []string {
+	if x != nil {
+		return x.ExtraLeaseIds
+	}
+	return nil
+}
+
+func (x *AdmitResponse) GetReclaim() *LeaseLimit {
+	if x != nil {
+		return x.Reclaim
 	}
 	return nil
 }
@@ -1437,12 +1469,13 @@ const file_crs_v1_fleet_proto_rawDesc = "" +
 	"\aacquire\x18\x02 \x01(\v2\x14.crs.v1.LeaseAcquireH\x00R\aacquire\x12*\n" +
 	"\x05renew\x18\x03 \x01(\v2\x12.crs.v1.LeaseRenewH\x00R\x05renew\x120\n" +
 	"\arelease\x18\x04 \x01(\v2\x14.crs.v1.LeaseReleaseH\x00R\areleaseB\x04\n" +
-	"\x02op\"}\n" +
+	"\x02op\"\x93\x01\n" +
 	"\fLeaseAcquire\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12*\n" +
 	"\x06limits\x18\x02 \x03(\v2\x12.crs.v1.LeaseLimitR\x06limits\x12\"\n" +
-	"\rwindow_key_id\x18\x03 \x01(\tR\vwindowKeyId\"H\n" +
+	"\rwindow_key_id\x18\x03 \x01(\tR\vwindowKeyId\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\x05R\x05count\"H\n" +
 	"\n" +
 	"LeaseLimit\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x0e\n" +
@@ -1452,7 +1485,7 @@ const file_crs_v1_fleet_proto_rawDesc = "" +
 	"LeaseRenew\x12\x1b\n" +
 	"\tlease_ids\x18\x01 \x03(\tR\bleaseIds\"+\n" +
 	"\fLeaseRelease\x12\x1b\n" +
-	"\tlease_ids\x18\x01 \x03(\tR\bleaseIds\"\x8f\x02\n" +
+	"\tlease_ids\x18\x01 \x03(\tR\bleaseIds\"\xe5\x02\n" +
 	"\rAdmitResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
 	"\agranted\x18\x02 \x01(\bR\agranted\x12\x19\n" +
@@ -1461,7 +1494,10 @@ const file_crs_v1_fleet_proto_rawDesc = "" +
 	"\rrefused_scope\x18\x05 \x01(\tR\frefusedScope\x12\x18\n" +
 	"\acurrent\x18\x06 \x01(\x03R\acurrent\x12\x14\n" +
 	"\x05limit\x18\a \x01(\x03R\x05limit\x125\n" +
-	"\breset_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\aresetAt\"\xb2\x01\n" +
+	"\breset_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\aresetAt\x12&\n" +
+	"\x0fextra_lease_ids\x18\t \x03(\tR\rextraLeaseIds\x12,\n" +
+	"\areclaim\x18\n" +
+	" \x01(\v2\x12.crs.v1.LeaseLimitR\areclaim\"\xb2\x01\n" +
 	"\vBindRequest\x12!\n" +
 	"\fsession_hash\x18\x01 \x01(\tR\vsessionHash\x12\x1a\n" +
 	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x1d\n" +
@@ -1563,24 +1599,25 @@ var file_crs_v1_fleet_proto_depIdxs = []int32{
 	9,  // 18: crs.v1.LeaseAcquire.limits:type_name -> crs.v1.LeaseLimit
 	23, // 19: crs.v1.AdmitResponse.ttl:type_name -> google.protobuf.Duration
 	22, // 20: crs.v1.AdmitResponse.reset_at:type_name -> google.protobuf.Timestamp
-	23, // 21: crs.v1.BindRequest.ttl:type_name -> google.protobuf.Duration
-	24, // 22: crs.v1.ReportBatch.records:type_name -> crs.v1.UsageRecord
-	17, // 23: crs.v1.ReportBatch.events:type_name -> crs.v1.AccountEvent
-	22, // 24: crs.v1.AccountEvent.until:type_name -> google.protobuf.Timestamp
-	22, // 25: crs.v1.AccountEvent.observed_at:type_name -> google.protobuf.Timestamp
-	0,  // 26: crs.v1.FleetService.Sync:input_type -> crs.v1.SyncRequest
-	7,  // 27: crs.v1.FleetService.Admit:input_type -> crs.v1.AdmitRequest
-	13, // 28: crs.v1.FleetService.Bind:input_type -> crs.v1.BindRequest
-	15, // 29: crs.v1.FleetService.Report:input_type -> crs.v1.ReportBatch
-	1,  // 30: crs.v1.FleetService.Sync:output_type -> crs.v1.SyncMessage
-	12, // 31: crs.v1.FleetService.Admit:output_type -> crs.v1.AdmitResponse
-	14, // 32: crs.v1.FleetService.Bind:output_type -> crs.v1.BindResponse
-	16, // 33: crs.v1.FleetService.Report:output_type -> crs.v1.ReportAck
-	30, // [30:34] is the sub-list for method output_type
-	26, // [26:30] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	9,  // 21: crs.v1.AdmitResponse.reclaim:type_name -> crs.v1.LeaseLimit
+	23, // 22: crs.v1.BindRequest.ttl:type_name -> google.protobuf.Duration
+	24, // 23: crs.v1.ReportBatch.records:type_name -> crs.v1.UsageRecord
+	17, // 24: crs.v1.ReportBatch.events:type_name -> crs.v1.AccountEvent
+	22, // 25: crs.v1.AccountEvent.until:type_name -> google.protobuf.Timestamp
+	22, // 26: crs.v1.AccountEvent.observed_at:type_name -> google.protobuf.Timestamp
+	0,  // 27: crs.v1.FleetService.Sync:input_type -> crs.v1.SyncRequest
+	7,  // 28: crs.v1.FleetService.Admit:input_type -> crs.v1.AdmitRequest
+	13, // 29: crs.v1.FleetService.Bind:input_type -> crs.v1.BindRequest
+	15, // 30: crs.v1.FleetService.Report:input_type -> crs.v1.ReportBatch
+	1,  // 31: crs.v1.FleetService.Sync:output_type -> crs.v1.SyncMessage
+	12, // 32: crs.v1.FleetService.Admit:output_type -> crs.v1.AdmitResponse
+	14, // 33: crs.v1.FleetService.Bind:output_type -> crs.v1.BindResponse
+	16, // 34: crs.v1.FleetService.Report:output_type -> crs.v1.ReportAck
+	31, // [31:35] is the sub-list for method output_type
+	27, // [27:31] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_crs_v1_fleet_proto_init() }
