@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -298,20 +297,4 @@ func windowOf(k *crsv1.ApiKey) time.Duration {
 func windowTokens(r *crsv1.UsageRecord) int64 {
 	return r.GetInputTokens() + r.GetOutputTokens() + r.GetCacheCreation_5MTokens() +
 		r.GetCacheCreation_1HTokens() + r.GetCacheReadTokens()
-}
-
-// addWindowUsage adds a stored record to its key's window, if the key has one. A failure is
-// logged, not returned: the record is stored already, so a resent batch would not add it again.
-func (s *Service) addWindowUsage(ctx context.Context, k *crsv1.ApiKey, rec *crsv1.UsageRecord, ratedCost float64) {
-	if s.limits == nil || !hasWindowLimit(k) {
-		return
-	}
-	tokens := windowTokens(rec)
-	if tokens == 0 && ratedCost == 0 {
-		return
-	}
-	if err := s.limits.AddWindowUsage(ctx, k.GetId(), windowOf(k), tokens, ratedCost, s.now()); err != nil {
-		s.log.Warn("window usage not added", zap.String("key_id", k.GetId()),
-			zap.String("request_id", rec.GetRequestId()), zap.Error(fmt.Errorf("add window usage: %w", err)))
-	}
 }

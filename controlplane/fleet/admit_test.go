@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -47,6 +48,17 @@ func (a *admitStream) send(t *testing.T, req *crsv1.AdmitRequest) uint64 {
 	req.Seq = a.seq
 	require.NoError(t, a.s.Send(req))
 	return a.seq
+}
+
+// sendEnding sends req to a stream the server may end before reading it (a refused token, no
+// limit store): gRPC then reports io.EOF on Send and the status on the next Recv.
+func (a *admitStream) sendEnding(t *testing.T, req *crsv1.AdmitRequest) {
+	t.Helper()
+	a.seq++
+	req.Seq = a.seq
+	if err := a.s.Send(req); err != nil {
+		require.ErrorIs(t, err, io.EOF)
+	}
 }
 
 // recv returns the next answer or the stream's error, failing after 5s.
@@ -493,14 +505,14 @@ func TestAdmitRejectsMalformedRequests(t *testing.T) {
 
 	t.Run("no token", func(t *testing.T) {
 		a := openAdmit(t, h.dial(t, "wrong"))
-		a.send(t, acquireReq("", keyLim("k", 1)))
+		a.sendEnding(t, acquireReq("", keyLim("k", 1)))
 		_, err := a.recv(t)
 		require.Equal(t, codes.Unauthenticated, status.Code(err), "%v", err)
 	})
 	t.Run("no limit store", func(t *testing.T) {
 		plain := start(t, openStore(t), nil)
 		a := plain.admit(t)
-		a.send(t, acquireReq("", keyLim("k", 1)))
+		a.sendEnding(t, acquireReq("", keyLim("k", 1)))
 		_, err := a.recv(t)
 		require.Equal(t, codes.Unimplemented, status.Code(err), "%v", err)
 	})

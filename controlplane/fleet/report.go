@@ -13,7 +13,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/crsrelay/crs/controlplane/store"
-	"github.com/crsrelay/crs/controlplane/usage"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
 )
 
@@ -57,15 +56,17 @@ func (s *Service) Report(stream crsv1.FleetService_ReportServer) error {
 
 // storeBatch stores one batch and returns its acknowledgement. The batch's records are priced
 // here and written with one RecordUsageBatch call: one transaction (one fsync) on the embedded
-// store, one pipelined round trip on Redis.
+// store, one pipelined round trip on Redis. A batch holds thousands of records of a few keys, so
+// what depends only on the key (cache reads, window usage, activation, spend notifications) is
+// done once per key.
 func (s *Service) storeBatch(ctx context.Context, b *crsv1.ReportBatch) (*crsv1.ReportAck, error) {
 	ack := &crsv1.ReportAck{BatchId: b.GetBatchId()}
 	rates := s.cachedSettings().GetServiceRates()
+	now := s.now() // the batch's arrival: one clock read for all its records
 	recs := b.GetRecords()
-	keys := make([]*crsv1.ApiKey, len(recs))
-	results := make([]usage.Result, len(recs))
+	keys := batchKeys{s: s}
+	slab := make([]store.UsageEntry, len(recs)) // one allocation for the batch's entries
 	entries := make([]*store.UsageEntry, 0, len(recs))
-	index := make([]int, 0, len(recs)) // entries[j] is recs[index[j]]
 	for i, rec := range recs {
 		if rec.GetRequestId() == "" {
 			// Without a request id a record cannot be deduplicated; refusing the batch would make
@@ -73,56 +74,46 @@ func (s *Service) storeBatch(ctx context.Context, b *crsv1.ReportBatch) (*crsv1.
 			s.log.Warn("usage record without request id dropped", zap.String("key_id", rec.GetKeyId()))
 			continue
 		}
-		keys[i] = s.cachedKey(rec.GetKeyId())
-		e, c := s.recorder.Entry(rec, keys[i], rates)
-		results[i] = usage.Result{Entry: e, Cost: c}
-		entries = append(entries, e)
-		index = append(index, i)
+		s.recorder.EntryAt(&slab[i], rec, keys.get(rec.GetKeyId()).key, rates, now)
+		entries = append(entries, &slab[i])
 	}
+	var stored []bool
 	if len(entries) > 0 {
-		stored, err := s.st.RecordUsageBatch(ctx, entries)
+		var err error
+		stored, err = s.st.RecordUsageBatch(ctx, entries)
 		if err != nil {
 			return nil, fmt.Errorf("record usage batch %d: %w", b.GetBatchId(), err)
 		}
-		for j, i := range index {
-			results[i].Stored = stored[j]
-			if stored[j] {
-				// Tokens and rated cost settle the key's fixed window after the response (§2.5).
-				s.addWindowUsage(ctx, keys[i], recs[i], results[i].Entry.RatedCost)
-			}
-		}
 	}
 
-	spent := map[string]struct{}{}
-	firstUse := map[string]time.Time{}
-	for i, rec := range recs {
-		if rec.GetRequestId() == "" {
-			continue
-		}
-		if results[i].Stored {
+	var cost, rated float64
+	for j, e := range entries {
+		k := keys.get(e.Record.GetKeyId())
+		if stored[j] {
 			ack.Stored++
-			s.metrics.recordsStored.Inc()
-			s.metrics.costUSD.Add(results[i].Entry.Cost)
-			s.metrics.ratedCostUSD.Add(results[i].Entry.RatedCost)
-			if results[i].Entry.RatedCost != 0 {
-				spent[rec.GetKeyId()] = struct{}{}
-			}
+			cost += e.Cost
+			rated += e.RatedCost
+			k.stored(e)
 		} else {
 			ack.Duplicates++
-			s.metrics.recordsDuplicate.Inc()
 		}
 		// Also on duplicates: a resent batch must still activate a key whose first attempt
 		// stored the records but failed to activate.
-		if k := keys[i]; k != nil && needsActivation(k) {
-			when := s.recorder.When(rec)
-			if prev, ok := firstUse[k.GetId()]; !ok || when.Before(prev) {
-				firstUse[k.GetId()] = when
-			}
+		if k.activates() {
+			k.use(s.recorder.WhenAt(e.Record, now))
 		}
 	}
-	for _, id := range sortedIDs(firstUse) {
-		if err := s.activate(ctx, id, firstUse[id]); err != nil {
-			return nil, err
+	s.metrics.recordsStored.Add(int(ack.Stored))
+	s.metrics.recordsDuplicate.Add(int(ack.Duplicates))
+	s.metrics.costUSD.Add(cost)
+	s.metrics.ratedCostUSD.Add(rated)
+	s.addBatchWindowUsage(ctx, &keys)
+
+	for _, id := range sortedIDs(keys.byID) {
+		if k := keys.byID[id]; !k.firstUse.IsZero() {
+			if err := s.activate(ctx, id, k.firstUse); err != nil {
+				return nil, err
+			}
 		}
 	}
 	for _, ev := range b.GetEvents() {
@@ -132,10 +123,97 @@ func (s *Service) storeBatch(ctx context.Context, b *crsv1.ReportBatch) (*crsv1.
 	}
 	// The store publishes key_usage changes too; asking here as well makes the new spend reach
 	// workers even when a notification is lost. Both coalesce into one refresh.
-	for id := range spent {
-		s.enqueue(store.Change{Kind: store.KindKeyUsage, ID: id})
+	for _, k := range keys.list {
+		if k.spent {
+			s.enqueue(store.Change{Kind: store.KindKeyUsage, ID: k.id})
+		}
 	}
 	return ack, nil
+}
+
+// batchKey is what storeBatch gathers about one key id of a report batch.
+type batchKey struct {
+	id  string
+	key *crsv1.ApiKey // from the cache; nil when the key is unknown (deleted)
+	// records stored for a key with a fixed window, and their window tokens and rated cost.
+	windowRecords int
+	windowTokens  int64
+	windowCost    float64
+	// firstUse is the earliest start of the batch's records of an activation-mode key not yet
+	// activated (zero otherwise).
+	firstUse time.Time
+	// spent: a stored record had a rated cost, so the key's spend changed.
+	spent bool
+}
+
+// stored notes an entry of the key that was stored: its rated cost changed the key's spend, and
+// its tokens and rated cost settle the key's fixed window after the response (§2.5).
+func (k *batchKey) stored(e *store.UsageEntry) {
+	if e.RatedCost != 0 {
+		k.spent = true
+	}
+	if !hasWindowLimit(k.key) {
+		return
+	}
+	k.windowRecords++
+	k.windowTokens += windowTokens(e.Record)
+	k.windowCost += e.RatedCost
+}
+
+// activates reports whether the key starts its validity at first use and has not yet.
+func (k *batchKey) activates() bool { return k.key != nil && needsActivation(k.key) }
+
+// use notes a record of an activating key (stored or duplicate) that started at when.
+func (k *batchKey) use(when time.Time) {
+	if k.firstUse.IsZero() || when.Before(k.firstUse) {
+		k.firstUse = when
+	}
+}
+
+// batchKeys are the keys of one report batch, each read from the cache once. Not safe for
+// concurrent use.
+type batchKeys struct {
+	s    *Service
+	byID map[string]*batchKey
+	list []*batchKey // first-seen order
+	last *batchKey   // the previous lookup, which the next often repeats
+}
+
+// get returns the batch's entry for key id id, reading the cache on first use.
+func (b *batchKeys) get(id string) *batchKey {
+	if b.last != nil && b.last.id == id {
+		return b.last
+	}
+	k, ok := b.byID[id]
+	if !ok {
+		if b.byID == nil {
+			b.byID = map[string]*batchKey{}
+		}
+		k = &batchKey{id: id, key: b.s.cachedKey(id)}
+		b.byID[id] = k
+		b.list = append(b.list, k)
+	}
+	b.last = k
+	return k
+}
+
+// addBatchWindowUsage adds the batch's stored records to their keys' fixed windows: one store
+// call per key, not one per record (each a write transaction on the embedded store). Adding the
+// sum is adding the records one by one at the same moment. A failure is logged, not returned:
+// the records are stored already, so a resent batch would not add them again.
+func (s *Service) addBatchWindowUsage(ctx context.Context, keys *batchKeys) {
+	if s.limits == nil {
+		return
+	}
+	for _, k := range keys.list {
+		if k.windowRecords == 0 || (k.windowTokens == 0 && k.windowCost == 0) {
+			continue
+		}
+		if err := s.limits.AddWindowUsage(ctx, k.id, windowOf(k.key), k.windowTokens, k.windowCost, s.now()); err != nil {
+			s.log.Warn("window usage not added", zap.String("key_id", k.id), zap.Int("records", k.windowRecords),
+				zap.Error(fmt.Errorf("add window usage: %w", err)))
+		}
+	}
 }
 
 // Key expiration modes.

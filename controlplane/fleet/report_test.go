@@ -3,7 +3,9 @@ package fleet
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/crsrelay/crs/controlplane/store"
+	"github.com/crsrelay/crs/controlplane/store/embedded"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
 	"github.com/crsrelay/crs/internal/period"
 )
@@ -405,4 +408,131 @@ func TestRecoveryRunsOnTheReplicaHoldingTheLease(t *testing.T) {
 	// The other replica dies: its lease is released (or expires), and this one takes over.
 	require.NoError(t, st.Unlock(t.Context(), recoveryLock, "other-replica"))
 	require.Eventually(t, func() bool { return accountStatus(t, st, "a1").GetState() == StateActive }, 2*time.Second, 10*time.Millisecond)
+}
+
+// countingLimits counts AddWindowUsage calls.
+type countingLimits struct {
+	store.LimitStore
+	adds atomic.Int32
+}
+
+func (c *countingLimits) AddWindowUsage(ctx context.Context, keyID string, window time.Duration, tokens int64, cost float64, now time.Time) error {
+	c.adds.Add(1)
+	return c.LimitStore.AddWindowUsage(ctx, keyID, window, tokens, cost, now)
+}
+
+func TestReportAddsWindowUsageOncePerKey(t *testing.T) {
+	st := openStore(t)
+	ctx := t.Context()
+	for _, id := range []string{"kw1", "kw2"} {
+		require.NoError(t, st.CreateKey(ctx, testKey(id, func(k *crsv1.ApiKey) {
+			k.RateLimitWindow = 60
+			k.TokenLimit = 1_000_000
+		})))
+	}
+	require.NoError(t, st.CreateKey(ctx, testKey("free", nil)))
+	counting := &countingLimits{}
+	h, l := startLimited(t, st, func(o *Options) {
+		counting.LimitStore = o.Limits
+		o.Limits = counting
+	})
+	for _, id := range []string{"kw1", "kw2"} {
+		_, counted, err := l.CountWindowRequest(ctx, id, time.Hour, 0, h.clock.Now())
+		require.NoError(t, err)
+		require.True(t, counted, "a window runs")
+	}
+
+	now := h.clock.Now()
+	ack, err := report(t, h.client, &crsv1.ReportBatch{BatchId: 1, Records: []*crsv1.UsageRecord{
+		sonnetRecord("r1", "kw1", now), sonnetRecord("r2", "kw2", now), sonnetRecord("r3", "kw1", now),
+		sonnetRecord("r4", "free", now), sonnetRecord("r5", "kw1", now),
+		sonnetRecord("r3", "kw1", now), // a duplicate adds nothing
+	}})
+	require.NoError(t, err)
+	require.Equal(t, int32(5), ack.GetStored())
+	require.Equal(t, int32(2), counting.adds.Load(), "one window update per key with a window")
+
+	const tokens = 1000 + 500 + 2000 + 1000 + 10000
+	for id, n := range map[string]int64{"kw1": 3, "kw2": 1} {
+		w, err := l.GetWindow(ctx, id, time.Hour, h.clock.Now())
+		require.NoError(t, err)
+		require.Equal(t, n*tokens, w.Tokens, id)
+		require.InDelta(t, float64(n)*sonnetCost, w.Cost, 1e-12, id)
+	}
+
+	// A resent batch is all duplicates: the windows do not move.
+	ack, err = report(t, h.client, &crsv1.ReportBatch{BatchId: 1, Records: []*crsv1.UsageRecord{
+		sonnetRecord("r1", "kw1", now), sonnetRecord("r2", "kw2", now),
+	}})
+	require.NoError(t, err)
+	require.Equal(t, int32(2), ack.GetDuplicates())
+	require.Equal(t, int32(2), counting.adds.Load())
+	w, err := l.GetWindow(ctx, "kw1", time.Hour, h.clock.Now())
+	require.NoError(t, err)
+	require.Equal(t, int64(3*tokens), w.Tokens)
+}
+
+// cpuTime returns the CPU time this process used so far, user and system: the benchmark below
+// reports it per record, since its wall time is mostly the commit's fsync.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkStoreBatch measures the control plane's work per usage record: pricing, labelling
+// and storing batches of a few keys and models, as Report does after decoding a batch. Workers
+// send 500 records at most per batch (fleetclient.DefaultBatchSize) and at least every 200 ms.
+// cpu-ns/record includes the garbage collector's share and the commit's fsync.
+func BenchmarkStoreBatch(b *testing.B) {
+	for _, size := range []int{500, 2000} {
+		b.Run(strconv.Itoa(size), func(b *testing.B) { benchStoreBatch(b, size) })
+	}
+}
+
+func benchStoreBatch(b *testing.B, size int) {
+	st, err := embedded.Open(b.TempDir())
+	require.NoError(b, err)
+	defer st.Close()
+	keys := []string{"k0", "k1", "k2", "k3"}
+	for _, id := range keys {
+		require.NoError(b, st.CreateKey(b.Context(), testKey(id, nil)))
+	}
+	s := New(Options{Store: st, TZOffsetHours: 8})
+	ctx, cancel := context.WithCancel(b.Context())
+	defer cancel()
+	go func() { _ = s.Run(ctx) }()
+	require.Eventually(b, s.Ready, 5*time.Second, time.Millisecond)
+
+	models := []string{"claude-sonnet-4-5-20250929", "claude-opus-4-1", "claude-3-5-haiku-20241022"}
+	now := time.Now()
+	var seq uint64 = 1 << 40
+	batch := func() *crsv1.ReportBatch {
+		recs := make([]*crsv1.UsageRecord, size)
+		for i := range recs {
+			r := sonnetRecord("0c1a2b3d4e5f-"+strconv.FormatUint(seq, 36), keys[i%len(keys)], now)
+			r.Model = models[i%len(models)]
+			recs[i] = r
+			seq++
+		}
+		return &crsv1.ReportBatch{BatchId: seq, Records: recs}
+	}
+	var cpu time.Duration
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		bt := batch()
+		cpu0 := cpuTime(b)
+		b.StartTimer()
+		ack, err := s.storeBatch(ctx, bt)
+		b.StopTimer()
+		cpu += cpuTime(b) - cpu0
+		if err != nil || int(ack.GetStored()) != size {
+			b.Fatalf("stored %d of %d: %v", ack.GetStored(), size, err)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N*size), "cpu-ns/record")
 }

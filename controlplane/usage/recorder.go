@@ -112,14 +112,15 @@ type RecorderOptions struct {
 type Recorder struct {
 	store   UsageStore
 	pricing *pricing.Table
-	tz      *time.Location
+	labels  labelMemo
 	now     func() time.Time
 	skew    time.Duration
 }
 
 // NewRecorder returns a Recorder.
 func NewRecorder(o RecorderOptions) *Recorder {
-	r := &Recorder{store: o.Store, pricing: o.Pricing, tz: period.Zone(o.TZOffsetHours), now: o.Clock, skew: o.MaxFutureSkew}
+	r := &Recorder{store: o.Store, pricing: o.Pricing, now: o.Clock, skew: o.MaxFutureSkew}
+	r.labels.loc = period.Zone(o.TZOffsetHours)
 	if r.pricing == nil {
 		r.pricing = pricing.Builtin()
 	}
@@ -144,8 +145,10 @@ type Cost struct {
 
 // When returns the moment a record is labelled with: its start, unless unset or further in the
 // future than the allowed clock skew, then now.
-func (r *Recorder) When(rec *crsv1.UsageRecord) time.Time {
-	now := r.now()
+func (r *Recorder) When(rec *crsv1.UsageRecord) time.Time { return r.WhenAt(rec, r.now()) }
+
+// WhenAt is When with now as the current time (a report batch's records share one).
+func (r *Recorder) WhenAt(rec *crsv1.UsageRecord, now time.Time) time.Time {
 	if rec.GetStartedAt() == nil || !rec.GetStartedAt().IsValid() {
 		return now
 	}
@@ -160,6 +163,14 @@ func (r *Recorder) When(rec *crsv1.UsageRecord) time.Time {
 // gone: then no key rate applies and the week starts on Monday 00:00); globalRates are the
 // settings' service rates.
 func (r *Recorder) Entry(rec *crsv1.UsageRecord, key *crsv1.ApiKey, globalRates map[string]float64) (*store.UsageEntry, Cost) {
+	e := &store.UsageEntry{}
+	c := r.EntryAt(e, rec, key, globalRates, r.now())
+	return e, c
+}
+
+// EntryAt is Entry writing the entry to e (overwritten whole), with now as the current time: a
+// caller with a batch of records allocates their entries at once and reads the clock once.
+func (r *Recorder) EntryAt(e *store.UsageEntry, rec *crsv1.UsageRecord, key *crsv1.ApiKey, globalRates map[string]float64, now time.Time) Cost {
 	b, source := r.pricing.Cost(rec.GetModel(), pricing.Usage{
 		InputTokens:        rec.GetInputTokens(),
 		OutputTokens:       rec.GetOutputTokens(),
@@ -171,18 +182,18 @@ func (r *Recorder) Entry(rec *crsv1.UsageRecord, key *crsv1.ApiKey, globalRates 
 	})
 	service := ServiceFor(rec.GetAccountType(), rec.GetModel())
 	rate := Rate(globalRates, service) * Rate(key.GetServiceRates(), service)
-	labels := period.Of(r.When(rec), r.tz, int(key.GetWeeklyResetDay()), int(key.GetWeeklyResetHour()))
-	e := &store.UsageEntry{
+	labels := r.labels.of(r.WhenAt(rec, now), int(key.GetWeeklyResetDay()), int(key.GetWeeklyResetHour()))
+	*e = store.UsageEntry{
 		Record:       rec,
 		Cost:         b.Total,
 		RatedCost:    b.Total * rate,
-		ClaudeFamily: period.IsClaudeFamily(rec.GetModel()) && weeklyClaudeAccountTypes[rec.GetAccountType()],
+		ClaudeFamily: weeklyClaudeAccountTypes[rec.GetAccountType()] && period.IsClaudeFamily(rec.GetModel()),
 		Hour:         labels.Hour,
 		Day:          labels.Day,
 		Month:        labels.Month,
 		Week:         labels.Week,
 	}
-	return e, Cost{Breakdown: b, Source: source, Service: service, Rate: rate}
+	return Cost{Breakdown: b, Source: source, Service: service, Rate: rate}
 }
 
 // Result is what Record did with one record.

@@ -2,6 +2,8 @@ package embedded
 
 import (
 	"fmt"
+	"runtime"
+	"strconv"
 	"sync/atomic"
 	"testing"
 
@@ -50,4 +52,62 @@ func BenchmarkRecordUsage(b *testing.B) {
 			}
 		})
 	})
+}
+
+// batchEntries returns one report batch as a worker sends it: n records of a few keys, accounts
+// and models within one hour, with request ids as dataplane/worker newRequestID makes them (a
+// per-process prefix and a base-36 sequence), starting after seq.
+func batchEntries(seq uint64, n int) []*store.UsageEntry {
+	models := []string{"claude-sonnet-4", "claude-opus-4", "claude-3-5-haiku"}
+	es := make([]*store.UsageEntry, n)
+	for i := range es {
+		id := "0c1a2b3d4e5f-" + strconv.FormatUint(seq+uint64(i), 36)
+		es[i] = &store.UsageEntry{
+			Record: &crsv1.UsageRecord{RequestId: id, KeyId: fmt.Sprint("k", i%4), AccountId: fmt.Sprint("a", i%2),
+				Model: models[i%len(models)], InputTokens: 100, OutputTokens: 50, CacheReadTokens: 1000},
+			Cost: 0.01, RatedCost: 0.01, ClaudeFamily: true,
+			Hour: "2026-11-26T13", Day: "2026-11-26", Month: "2026-11", Week: "2026-11-23T00",
+		}
+	}
+	return es
+}
+
+// BenchmarkRecordUsageBatch measures the control plane's ingestion path: batches of 500 records
+// (a worker's largest, fleetclient.DefaultBatchSize) and 2000, into a store that keeps growing,
+// as under load. It reports the cost per record; building the entries is outside the timer. The
+// commit's fsync is turned off: it is one per batch whatever the code does, and its wait would
+// drown the CPU cost measured here.
+func BenchmarkRecordUsageBatch(b *testing.B) {
+	for _, size := range []int{500, 2000} {
+		b.Run(strconv.Itoa(size), func(b *testing.B) { benchRecordUsageBatch(b, size) })
+	}
+}
+
+func benchRecordUsageBatch(b *testing.B, size int) {
+	s, err := Open(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	s.db.NoSync = true
+	var seq uint64 = 1 << 40 // 8 base-36 digits, as after a while of uptime
+	var ms0, ms1 runtime.MemStats
+	var mallocs uint64
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		es := batchEntries(seq, size)
+		seq += uint64(size)
+		runtime.ReadMemStats(&ms0)
+		b.StartTimer()
+		if _, err := s.RecordUsageBatch(b.Context(), es); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		runtime.ReadMemStats(&ms1)
+		mallocs += ms1.Mallocs - ms0.Mallocs
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*size), "ns/record")
+	b.ReportMetric(float64(mallocs)/float64(b.N*size), "allocs/record")
 }

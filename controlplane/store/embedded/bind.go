@@ -62,7 +62,7 @@ func (s *Store) sweepLoop() {
 
 // sweep deletes bindings and request ids that expired before now.
 func (s *Store) sweep(now time.Time) error {
-	for _, pair := range [][2][]byte{{bucketBind, bucketBindExp}, {bucketUsageReq, bucketUsageReqExp}} {
+	for _, pair := range [][2][]byte{{bucketBind, bucketBindExp}, {bucketUsageSeq, bucketUsageSeqExp}, {bucketUsageReq, bucketUsageReqExp}} {
 		for {
 			more := false
 			err := s.db.Update(func(tx *bolt.Tx) error {

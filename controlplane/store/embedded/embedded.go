@@ -17,7 +17,9 @@
 //	settings        "settings" -> Settings
 //	secrets         name -> raw bytes
 //	usage           cell (scope \0 id \0 granularity \0 period [\0 model]) -> UsageTotals
-//	usage_req       request id -> expiry (8-byte big-endian unix nanoseconds), for dedup
+//	usage_seq       worker id prefix ‖ block (8 bytes) -> expiry ‖ bitmap of stored ids (dedup.go)
+//	usage_seq_exp   expiry ‖ usage_seq key -> empty, to sweep usage_seq in expiry order
+//	usage_req       other request id -> expiry (8-byte big-endian unix nanoseconds), for dedup
 //	usage_req_exp   expiry ‖ request id -> empty, to sweep usage_req in expiry order
 //	bind            platform \0 session -> expiry ‖ account id
 //	bind_exp        expiry ‖ platform \0 session -> empty, to sweep bind in expiry order
@@ -68,6 +70,8 @@ var (
 	bucketSettings      = []byte("settings")
 	bucketSecrets       = []byte("secrets")
 	bucketUsage         = []byte("usage")
+	bucketUsageSeq      = []byte("usage_seq")
+	bucketUsageSeqExp   = []byte("usage_seq_exp")
 	bucketUsageReq      = []byte("usage_req")
 	bucketUsageReqExp   = []byte("usage_req_exp")
 	bucketBind          = []byte("bind")
@@ -75,8 +79,8 @@ var (
 
 	allBuckets = [][]byte{
 		bucketKeys, bucketKeyHash, bucketAccounts, bucketAccountStatus, bucketGroups,
-		bucketSettings, bucketSecrets, bucketUsage, bucketUsageReq, bucketUsageReqExp,
-		bucketBind, bucketBindExp,
+		bucketSettings, bucketSecrets, bucketUsage, bucketUsageSeq, bucketUsageSeqExp,
+		bucketUsageReq, bucketUsageReqExp, bucketBind, bucketBindExp,
 	}
 
 	settingsKey = []byte("settings")

@@ -48,7 +48,10 @@ func (s *Store) RecordUsage(ctx context.Context, e *store.UsageEntry) (bool, err
 }
 
 // RecordUsageBatch implements [store.Store.RecordUsageBatch]: the whole batch is one write
-// transaction, so one fsync however many records it holds.
+// transaction, so one fsync however many records it holds. The records of a batch mostly share
+// their cells (same key, account, model, hour), so the new ones are summed per group of shared
+// cells (usageagg.Groups) and then per cell: each cell is read, decoded and written once per
+// batch, and cells are computed once per group, not per record.
 func (s *Store) RecordUsageBatch(ctx context.Context, es []*store.UsageEntry) ([]bool, error) {
 	for _, e := range es {
 		if e == nil || e.Record == nil || e.Record.GetRequestId() == "" {
@@ -58,46 +61,28 @@ func (s *Store) RecordUsageBatch(ctx context.Context, es []*store.UsageEntry) ([
 	stored := make([]bool, len(es))
 	err := s.update(ctx, func(tx *bolt.Tx, ch *changes) error {
 		clear(stored) // a retried transaction starts over
-		now := s.now()
-		reqs := tx.Bucket(bucketUsageReq)
-		reqExp := tx.Bucket(bucketUsageReqExp)
-		// The records of a batch mostly share their cells (same key, account, model, hour): sum
-		// their deltas per cell first, so each cell is read, decoded and written once per batch.
-		sums := map[string]*crsv1.UsageTotals{}
-		var order []string // cells in first-seen order, for a deterministic write order
-		var buf []byte
+		d := newDedup(tx, s.now())
+		var groups usageagg.Groups
+		var sums []*crsv1.UsageTotals // per group: the sum of its new entries
 		for i, e := range es {
-			reqID := []byte(e.Record.GetRequestId())
-			if v := reqs.Get(reqID); v != nil && !expired(v, now) {
+			seen, err := d.seen(e.Record.GetRequestId())
+			if err != nil {
+				return fmt.Errorf("record usage %s: %w", e.Record.GetRequestId(), err)
+			}
+			if seen {
 				continue
 			}
-			if err := putExpiring(reqs, reqExp, reqID, now.Add(DedupTTL), nil); err != nil {
-				return fmt.Errorf("record usage %s: %w", reqID, err)
-			}
-			delta := usageagg.Delta(e)
-			for _, c := range usageagg.Cells(e) {
-				buf = appendCellKey(buf[:0], c)
-				sum, ok := sums[string(buf)] // no allocation for the lookup
-				if !ok {
-					k := string(buf)
-					sum = &crsv1.UsageTotals{}
-					sums[k] = sum
-					order = append(order, k)
-				}
-				usageagg.Add(sum, delta)
-			}
-			if key := e.Record.GetKeyId(); key != "" {
-				ch.add(store.KindKeyUsage, key)
-			}
 			stored[i] = true
-		}
-		usage := tx.Bucket(bucketUsage)
-		for _, k := range order {
-			if err := addCell(usage, []byte(k), sums[k]); err != nil {
-				return fmt.Errorf("record usage: %w", err)
+			g := groups.Of(e)
+			if g == len(sums) {
+				sums = append(sums, &crsv1.UsageTotals{})
 			}
+			usageagg.AddEntry(sums[g], e)
 		}
-		return nil
+		if err := d.flush(); err != nil {
+			return fmt.Errorf("record usage: request ids: %w", err)
+		}
+		return addGroups(tx.Bucket(bucketUsage), &groups, sums, ch)
 	})
 	if err != nil {
 		return nil, err
@@ -105,6 +90,38 @@ func (s *Store) RecordUsageBatch(ctx context.Context, es []*store.UsageEntry) ([
 	return stored, nil
 }
 
+// addGroups adds sums[g] to every cell of group g. Groups share cells (every group adds to the
+// global total), so the sums are merged per cell first.
+func addGroups(usage *bolt.Bucket, groups *usageagg.Groups, sums []*crsv1.UsageTotals, ch *changes) error {
+	cells := map[string]*crsv1.UsageTotals{}
+	var order []string // cells in first-seen order, for a deterministic write order
+	var buf []byte
+	for g := range groups.Len() {
+		e := groups.Entry(g)
+		for _, c := range usageagg.Cells(e) {
+			buf = appendCellKey(buf[:0], c)
+			sum, ok := cells[string(buf)] // no allocation for the lookup
+			if !ok {
+				k := string(buf)
+				sum = &crsv1.UsageTotals{}
+				cells[k] = sum
+				order = append(order, k)
+			}
+			usageagg.Add(sum, sums[g])
+		}
+		if key := e.Record.GetKeyId(); key != "" {
+			ch.add(store.KindKeyUsage, key)
+		}
+	}
+	for _, k := range order {
+		if err := addCell(usage, []byte(k), cells[k]); err != nil {
+			return fmt.Errorf("record usage: %w", err)
+		}
+	}
+	return nil
+}
+
+// addCell adds delta to the cell stored under k.
 func addCell(b *bolt.Bucket, k []byte, delta *crsv1.UsageTotals) error {
 	var t crsv1.UsageTotals
 	if v := b.Get(k); v != nil {
@@ -192,8 +209,8 @@ func getCell(b *bolt.Bucket, k []byte) (*crsv1.UsageTotals, error) {
 	return &t, nil
 }
 
-// Expiring entries (usage_req, bind) store an 8-byte big-endian unix-nanosecond expiry followed
-// by their payload, and have an index entry expiry ‖ key in a second bucket for the sweep.
+// Expiring entries (usage_seq, usage_req, bind) store an 8-byte big-endian unix-nanosecond expiry
+// followed by their payload, and have an index entry expiry ‖ key in a second bucket for the sweep.
 
 func encodeExpiry(t time.Time) []byte {
 	return binary.BigEndian.AppendUint64(make([]byte, 0, 8), uint64(t.UnixNano()))

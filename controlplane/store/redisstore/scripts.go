@@ -108,30 +108,6 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 `)
 
-// recordUsage: KEYS dedup key, nAgg aggregate hashes, nSets model sets.
-// ARGV dedup TTL seconds, nAgg, nSets, model, change (empty = none), nInt, then nAgg retention TTLs
-// in seconds (0 = keep), then nInt integer (field, increment) pairs starting with requests = 1,
-// then float (field, increment) pairs. A hash whose requests counter becomes 1 is new and gets its
-// retention TTL, so EXPIRE runs once per aggregate, not once per request.
-// Returns 1 when stored, 0 for a duplicate request id.
-var recordUsageScript = redis.NewScript(`
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local nAgg, nSets, nInt = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[6])
-local intStart = 7 + nAgg
-local floatStart = intStart + 2 * nInt
-for k = 2, 1 + nAgg do
-  if redis.call('HINCRBY', KEYS[k], ARGV[intStart], ARGV[intStart + 1]) == 1 then
-    local ttl = ARGV[5 + k]
-    if ttl ~= '0' then redis.call('EXPIRE', KEYS[k], ttl) end
-  end
-  for i = intStart + 2, floatStart - 1, 2 do redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1]) end
-  for i = floatStart, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[k], ARGV[i], ARGV[i + 1]) end
-end
-for k = 2 + nAgg, 1 + nAgg + nSets do redis.call('SADD', KEYS[k], ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('PUBLISH', 'crs:changes', ARGV[5]) end
-return 1
-`)
-
 // bind: KEYS binding. ARGV account, ttl ms, replace ("1"/"0"). Returns {account, created 0/1}.
 var bindScript = redis.NewScript(`
 if ARGV[3] == '0' then

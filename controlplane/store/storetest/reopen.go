@@ -27,6 +27,9 @@ func testReopen(t *testing.T, s store.Store, reopen func(t *testing.T, closed st
 	_, err = s.PutSecretIfAbsent(ctx(t), "fleet_token", []byte("tok"))
 	require.NoError(t, err)
 	recordAll(t, s, u1)
+	workerEntry := u4
+	workerEntry.key, workerEntry.req = "k-worker", workerID(4096)
+	recordAll(t, s, workerEntry)
 	requireBind(t, s, "claude", "s1", "a1", time.Hour, false, "a1", true)
 
 	require.NoError(t, s.Close())
@@ -55,5 +58,8 @@ func testReopen(t *testing.T, s store.Store, reopen func(t *testing.T, closed st
 	stored, err := s.RecordUsage(ctx(t), u1.entry())
 	require.NoError(t, err)
 	require.False(t, stored, "request ids are remembered across reopen")
+	stored, err = s.RecordUsage(ctx(t), workerEntry.entry())
+	require.NoError(t, err)
+	require.False(t, stored, "worker request ids are remembered across reopen")
 	requireBind(t, s, "claude", "s1", "a2", time.Hour, false, "a1", false)
 }

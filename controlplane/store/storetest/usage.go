@@ -171,6 +171,7 @@ var usageTests = []test{
 			})
 		}
 	}},
+	{"WorkerRequestIDs", testWorkerRequestIDs},
 	{"DuplicateRequestID", func(t *testing.T, s store.Store) {
 		recordAll(t, s, u1)
 		dup := u4

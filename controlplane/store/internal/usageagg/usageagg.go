@@ -43,22 +43,27 @@ type Cell struct {
 
 // Delta returns what e adds to each of its cells.
 func Delta(e *store.UsageEntry) *crsv1.UsageTotals {
+	d := &crsv1.UsageTotals{}
+	AddEntry(d, e)
+	return d
+}
+
+// AddEntry adds Delta(e) to dst without allocating it.
+func AddEntry(dst *crsv1.UsageTotals, e *store.UsageEntry) {
 	r := e.Record
 	in, out := r.GetInputTokens(), r.GetOutputTokens()
 	c5, c1 := r.GetCacheCreation_5MTokens(), r.GetCacheCreation_1HTokens()
 	read := r.GetCacheReadTokens()
-	return &crsv1.UsageTotals{
-		Requests:               1,
-		InputTokens:            in,
-		OutputTokens:           out,
-		CacheCreationTokens:    c5 + c1,
-		CacheReadTokens:        read,
-		CacheCreation_5MTokens: c5,
-		CacheCreation_1HTokens: c1,
-		AllTokens:              in + out + c5 + c1 + read,
-		Cost:                   e.Cost,
-		RatedCost:              e.RatedCost,
-	}
+	dst.Requests++
+	dst.InputTokens += in
+	dst.OutputTokens += out
+	dst.CacheCreationTokens += c5 + c1
+	dst.CacheReadTokens += read
+	dst.CacheCreation_5MTokens += c5
+	dst.CacheCreation_1HTokens += c1
+	dst.AllTokens += in + out + c5 + c1 + read
+	dst.Cost += e.Cost
+	dst.RatedCost += e.RatedCost
 }
 
 // Add adds d to dst.

@@ -94,3 +94,34 @@ func TestResolve(t *testing.T) {
 		})
 	}
 }
+
+func TestGroupsShareCells(t *testing.T) {
+	entry := func(req, key, model, hour string, claude bool) *store.UsageEntry {
+		return &store.UsageEntry{
+			Record:       &crsv1.UsageRecord{RequestId: req, KeyId: key, AccountId: "a", Model: model},
+			ClaudeFamily: claude,
+			Hour:         hour, Day: "2026-11-26", Month: "2026-11", Week: "2026-11-23T00",
+		}
+	}
+	es := []*store.UsageEntry{
+		entry("r1", "k1", "m", "2026-11-26T13", true),
+		entry("r2", "k2", "m", "2026-11-26T13", true),
+		entry("r3", "k1", "m", "2026-11-26T13", true),       // same as r1
+		entry("r4", "k1", "m", "2026-11-26T14", true),       // other hour
+		entry("r5", "k1", "", "2026-11-26T13", true),        // unknown model
+		entry("r6", "k1", "unknown", "2026-11-26T13", true), // same cells as r5
+		entry("r7", "k1", "m", "2026-11-26T13", false),      // no weekly cell
+	}
+	var g Groups
+	got := make([]int, len(es))
+	for i, e := range es {
+		got[i] = g.Of(e)
+	}
+	require.Equal(t, []int{0, 1, 0, 2, 3, 3, 4}, got)
+	require.Equal(t, 5, g.Len())
+	for i, e := range es {
+		// The contract: an entry's cells are its group's cells.
+		require.Equal(t, Cells(e), Cells(g.Entry(got[i])), "entry %s", e.Record.GetRequestId())
+	}
+	require.Same(t, es[0], g.Entry(0), "a group is represented by its first entry")
+}
