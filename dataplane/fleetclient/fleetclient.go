@@ -33,8 +33,11 @@ import (
 
 // Defaults of Options.
 const (
-	DefaultUsageBuffer    = 100_000
-	DefaultBatchSize      = 500
+	DefaultUsageBuffer = 100_000
+	// DefaultBatchSize: the control plane stores a batch in one transaction (one fsync), so
+	// at high rates larger batches are cheaper per record (3.7 -> 2.8 µs at 2000); 2000
+	// records are ~400 KB, well under gRPC's 4 MB message limit.
+	DefaultBatchSize      = 2000
 	DefaultBatchInterval  = 200 * time.Millisecond
 	DefaultMaxInflight    = 8
 	DefaultBindTimeout    = 500 * time.Millisecond
@@ -66,7 +69,7 @@ type Options struct {
 	// UsageBuffer bounds the records and events kept until acknowledged (config
 	// worker.usage_buffer). When full the oldest are dropped, counted and logged.
 	UsageBuffer int
-	// BatchSize is the most records plus events in one ReportBatch (default 500).
+	// BatchSize is the most records plus events in one ReportBatch (default 2000).
 	BatchSize int
 	// BatchInterval is the longest a report waits for a batch to fill (default 200ms).
 	BatchInterval time.Duration
