@@ -11,7 +11,11 @@
 // encoding/json.
 package jsonscan
 
-import "errors"
+import (
+	"encoding/binary"
+	"errors"
+	"math/bits"
+)
 
 // ErrSyntax is any JSON syntax error, or nesting deeper than MaxDepth.
 var ErrSyntax = errors.New("jsonscan: invalid json")
@@ -116,14 +120,31 @@ func isHex(c byte) bool {
 // SkipString returns the index after the closing quote of the string that starts at b[i] (a
 // quote), and whether the string is special: it holds escapes or bytes >= 0x80. The raw contents
 // of a string that is not special are its value, in ASCII.
+//
+// Runs of ordinary bytes are skipped eight at a time (see stopMask): message texts and system
+// prompts, tens of kilobytes per request, are most of what the hot path walks.
 func SkipString(b []byte, i int) (end int, special bool, err error) {
-	var high byte // the OR of the raw bytes: >= 0x80 when some byte is
+	var high uint64 // the OR of the raw bytes: bit 7 of some byte is set when some byte is >= 0x80
 	i++
-	for i < len(b) {
+	for {
+		for i+8 <= len(b) {
+			x := binary.LittleEndian.Uint64(b[i:])
+			if m := stopMask(x); m != 0 {
+				n := bits.TrailingZeros64(m) / 8 // the first byte that stops the run
+				high |= x & (1<<(8*n) - 1)
+				i += n
+				break
+			}
+			high |= x
+			i += 8
+		}
+		if i >= len(b) {
+			return 0, false, ErrSyntax
+		}
 		c := b[i]
 		switch {
 		case c == '"':
-			return i + 1, special || high >= 0x80, nil
+			return i + 1, special || high&hiBits != 0, nil
 		case c == '\\':
 			special = true
 			if i+1 >= len(b) {
@@ -143,11 +164,27 @@ func SkipString(b []byte, i int) (end int, special bool, err error) {
 		case c < 0x20: // a control character
 			return 0, false, ErrSyntax
 		default:
-			high |= c
+			high |= uint64(c)
 			i++
 		}
 	}
-	return 0, false, ErrSyntax
+}
+
+// Byte-parallel constants: 0x01 and 0x80 in each byte of a word.
+const (
+	loBits = 0x0101010101010101
+	hiBits = 0x8080808080808080
+)
+
+// stopMask returns a mask whose lowest set bit is bit 7 of the first byte of x (little endian:
+// the first of eight string bytes) that ends a run of ordinary string bytes: a quote, a backslash
+// or a control character; 0 when there is none. It is the classic "has zero byte" test
+// ((v-0x01..) &^ v & 0x80..) on x^'"', x^'\\' and, for bytes below 0x20, x itself: a borrow can
+// flag a byte wrongly only above a byte that is rightly flagged, so the lowest flag is exact.
+func stopMask(x uint64) uint64 {
+	q := x ^ (loBits * '"')
+	s := x ^ (loBits * '\\')
+	return ((q-loBits)&^q | (s-loBits)&^s | (x-loBits*0x20)&^x) & hiBits
 }
 
 // MemberFunc is called for each member of an object with the raw key (between the quotes), whether

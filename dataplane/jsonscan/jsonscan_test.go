@@ -324,3 +324,120 @@ func FuzzValid(f *testing.F) {
 		}
 	})
 }
+
+// skipStringBytewise is SkipString one byte at a time, as it was before the word-at-a-time fast
+// path: the reference the fast path must agree with.
+func skipStringBytewise(b []byte, i int) (end int, special bool, err error) {
+	var high byte
+	for i++; i < len(b); {
+		c := b[i]
+		switch {
+		case c == '"':
+			return i + 1, special || high >= 0x80, nil
+		case c == '\\':
+			special = true
+			if i+1 >= len(b) {
+				return 0, false, ErrSyntax
+			}
+			switch b[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if i+6 > len(b) || !isHex(b[i+2]) || !isHex(b[i+3]) || !isHex(b[i+4]) || !isHex(b[i+5]) {
+					return 0, false, ErrSyntax
+				}
+				i += 6
+			default:
+				return 0, false, ErrSyntax
+			}
+		case c < 0x20:
+			return 0, false, ErrSyntax
+		default:
+			high |= c
+			i++
+		}
+	}
+	return 0, false, ErrSyntax
+}
+
+// The word-at-a-time skip must stop exactly where the bytewise one does, whatever byte stops it
+// and wherever it sits in a word, and see every byte >= 0x80.
+func TestSkipStringAgreesWithBytewise(t *testing.T) {
+	stoppers := []string{`"`, `\n`, `\"`, `\u00e9`, `\x`, "\x00", "\x1f", "\n", `\`, "\x80", "é", "\xff", " ", "\x7f", "~"}
+	for n := 0; n <= 24; n++ {
+		for _, stop := range stoppers {
+			for _, tail := range []string{``, `"`, `abcdefghijklmnop"`, `é"`} {
+				in := `"` + strings.Repeat("a", n) + stop + tail
+				for _, prefix := range []string{"", "xxx"} { // the string need not start at 0
+					b := []byte(prefix + in)
+					end, special, err := SkipString(b, len(prefix))
+					wEnd, wSpecial, wErr := skipStringBytewise(b, len(prefix))
+					require.Equal(t, wErr, err, "%q", b)
+					require.Equal(t, wEnd, end, "%q", b)
+					require.Equal(t, wSpecial, special, "%q", b)
+				}
+			}
+		}
+	}
+}
+
+// FuzzSkipString pins the word-at-a-time skip to the bytewise one on any input.
+func FuzzSkipString(f *testing.F) {
+	for _, tt := range validityCases {
+		f.Add([]byte(tt.in))
+	}
+	f.Add([]byte(`"0123456789abcdef\"0123456789é\u0041" x`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		for i := range in {
+			if in[i] != '"' {
+				continue
+			}
+			end, special, err := SkipString(in, i)
+			wEnd, wSpecial, wErr := skipStringBytewise(in, i)
+			if end != wEnd || special != wSpecial || err != wErr {
+				t.Fatalf("%q at %d: got (%d, %v, %v), bytewise (%d, %v, %v)", in, i, end, special, err, wEnd, wSpecial, wErr)
+			}
+		}
+	})
+}
+
+// codeText is source code as a JSON string's contents: what tool results and file reads in a
+// Claude Code conversation mostly are.
+var codeText = func() string {
+	src, _ := json.Marshal(strings.Repeat(`func (c *call) attempt(acct *crsv1.Account, up platform.Upstream) bool {
+	r, req := c.r, c.req
+	upReq := fasthttp.AcquireRequest()
+	model, err := up.Build(acct, req, upReq)
+	if err != nil {
+		r.log.Warn("account unusable", zap.String("request_id", req.RequestID))
+		return false
+	}
+`, 50))
+	return string(src[1 : len(src)-1])
+}()
+
+func BenchmarkSkipString(b *testing.B) {
+	for _, tt := range []struct{ name, text string }{
+		{"ascii", strings.Repeat("You are Claude Code, Anthropic's official CLI for Claude. ", 400)},
+		{"escapes", strings.Repeat(`line\n\"quoted\" é `, 1000)},
+		{"code", codeText},
+	} {
+		s := []byte(`"` + tt.text + `"`)
+		b.Run(tt.name, func(b *testing.B) {
+			b.SetBytes(int64(len(s)))
+			for b.Loop() {
+				if _, _, err := SkipString(s, 0); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(tt.name+"/bytewise", func(b *testing.B) {
+			b.SetBytes(int64(len(s)))
+			for b.Loop() {
+				if _, _, err := skipStringBytewise(s, 0); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -19,10 +19,10 @@ import (
 )
 
 // Request is what the worker hands to the relay. It is created per request and is not thread-safe.
-// Every byte slice is owned by the Request (copied out of the fasthttp.RequestCtx), so it may be used
-// after the handler returns (stream bodies are written later, after the handler has returned).
-// Its fields are documented at [platform.Request]; it is defined there so that the platform packages
-// (relay/claude) can read it without importing this package.
+// Its strings may be used after the handler returns (stream bodies are written later); Body and
+// Query alias the client's request and are read only while Serve runs. Its fields are documented
+// at [platform.Request]; it is defined there so that the platform packages (relay/claude) can read
+// it without importing this package.
 type Request = platform.Request
 
 // Header is one HTTP header.

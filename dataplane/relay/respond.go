@@ -38,9 +38,7 @@ func (c *call) respondBuffered(acct *crsv1.Account, up platform.Upstream, model 
 
 	var u *platform.Usage
 	if c.req.Op != OpCountTokens {
-		ur := up.NewUsage()
-		ur.Body(body)
-		if got, ok := ur.Usage(); ok {
+		if got, ok := bodyUsage(up, body, model); ok {
 			u = &got
 		}
 	}
@@ -48,12 +46,30 @@ func (c *call) respondBuffered(acct *crsv1.Account, up platform.Upstream, model 
 	c.finish(u, model)
 }
 
+// bodyUsage reads the usage of a whole non-stream body: through the upstream's BodyUsage when it
+// has one (no reader to allocate), else through a UsageReader.
+func bodyUsage(up platform.Upstream, body []byte, model string) (platform.Usage, bool) {
+	if bu, ok := up.(platform.BodyUsage); ok {
+		return bu.BodyUsage(body, model)
+	}
+	ur := up.NewUsage()
+	ur.Body(body)
+	return ur.Usage()
+}
+
 // setBody makes body, read from the upstream response up, the client response's body. When body is
 // up's own buffer the two responses swap buffers instead of copying (both stay pooled); a decoded
 // body is copied.
+//
+// The buffer up gets back is the client response's previous one, which fasthttp has emptied
+// (length 0). It is handed over at its full length: fasthttp's body pool sizes itself by the
+// lengths it is given back (bytebufferpool calibration) and drops buffers larger than most of
+// them, so a pool fed empty buffers would drop every one and allocate a new buffer, and grow it,
+// for every upstream answer.
 func setBody(dst, up *fasthttp.Response, body []byte) {
 	if b := up.Body(); len(b) == len(body) && len(b) > 0 && &b[0] == &body[0] {
-		up.SwapBody(dst.SwapBody(b))
+		old := dst.SwapBody(b)
+		up.SwapBody(old[:cap(old)])
 		return
 	}
 	dst.SetBody(body)
@@ -106,7 +122,14 @@ func passStreamHeaders(dst, src *fasthttp.ResponseHeader) {
 // (Content-Length, Transfer-Encoding), Content-Encoding (bodies are passed decoded, reference §1.3
 // step 11), and Set-Cookie (the upstream's cookies belong to its domain and account, not to the
 // relay's clients).
+//
+// src's names are in fasthttp's canonical form already (the upstream clients normalize the names
+// they parse, and fail builds its header with Add, which does too), so dst does not normalize
+// them a second time while they are copied: the names the client sees are the same.
 func passHeaders(dst, src *fasthttp.ResponseHeader) {
+	if !dst.DisableNormalizing() {
+		defer dst.EnableNormalizing()
+	}
 	for k, v := range src.All() {
 		if dropResponseHeader(k) {
 			continue

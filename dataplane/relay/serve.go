@@ -36,6 +36,10 @@ type Options struct {
 	MaxAttempts int
 	// MaxResponseBodySize bounds a buffered (non-stream or error) upstream body. Default 64 MiB.
 	MaxResponseBodySize int
+	// Dial, when set, opens the connections to upstreams instead of direct TCP (bounded by
+	// ConnectTimeout): benchmarks and tests use in-memory pipes. Accounts with a proxy still
+	// dial their proxy.
+	Dial fasthttp.DialFunc
 }
 
 // Defaults of Options.
@@ -92,11 +96,13 @@ func New(o Options) *Relay {
 	if o.MaxResponseBodySize <= 0 {
 		o.MaxResponseBodySize = DefaultMaxResponseBodySize
 	}
+	uris := &claude.URICache{}
 	return &Relay{
 		log:      o.Logger.Named("relay"),
 		o:        o,
-		tr:       newTransport(&o, nil),
-		official: &claude.Official{BaseURL: o.ClaudeBaseURL},
+		tr:       newTransport(&o, o.Dial),
+		official: &claude.Official{BaseURL: o.ClaudeBaseURL, URIs: uris},
+		console:  claude.Console{URIs: uris},
 	}
 }
 

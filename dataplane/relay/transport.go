@@ -132,23 +132,32 @@ type deadlineConn struct {
 	awaiting        bool // a request was written and no byte of its answer was read yet
 	addr            connAddr
 	reader          netReader
-	// The deadlines set on Conn (zero: none yet). Moving a deadline updates a runtime timer, so a
-	// deadline is left where it is while it falls short of the wanted one by at most 1/deadlineSlack
-	// of the wait (a 300s wait may end up to 4.7s early; see deadline).
-	readBy, writeBy time.Time
+	// The deadlines set on Conn, as monotonic clock readings (see monoNow; zero: none yet).
+	// Moving a deadline updates a runtime timer, so a deadline is left where it is while it falls
+	// short of the wanted one by at most 1/deadlineSlack of the wait (a 300s wait may end up to
+	// 4.7s early; see deadline).
+	readBy, writeBy time.Duration
 }
 
 // deadlineSlack: a deadline may fall short of the wanted one by 1/deadlineSlack of the wait.
 const deadlineSlack = 64
 
+// monoBase is the origin of monoNow. It is set once, when the package is loaded, and never changed.
+var monoBase = time.Now()
+
+// monoNow reads the monotonic clock only: time.Since on a time that carries a monotonic reading
+// does not read the wall clock, which costs as much again as time.Now on some hosts. Every read
+// and write to an upstream checks its deadline with it.
+func monoNow() time.Duration { return time.Since(monoBase) }
+
 // deadline reports whether a deadline set at *by must move to now+d, and updates *by if so.
-func deadline(by *time.Time, d time.Duration) (time.Time, bool) {
-	want := time.Now().Add(d)
-	if diff := want.Sub(*by); diff >= 0 && diff <= d/deadlineSlack {
-		return want, false
+func deadline(by *time.Duration, d time.Duration) (time.Time, bool) {
+	want := monoNow() + d
+	if diff := want - *by; diff >= 0 && diff <= d/deadlineSlack {
+		return time.Time{}, false
 	}
 	*by = want
-	return want, true
+	return monoBase.Add(want), true
 }
 
 // netReader is told before each read from the network; an error it returns fails that read.

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"hash"
 	"strconv"
-	"strings"
 
 	"github.com/crsrelay/crs/dataplane/jsonscan"
 )
@@ -46,19 +45,43 @@ type textPart struct {
 // messageText is the text of one message: a string content, or the text blocks of an array one.
 type messageText struct {
 	str   jsonscan.Span // content as a string
-	parts []textPart    // content as an array
+	parts textParts     // content as an array
 }
 
 func (m messageText) nonEmpty() bool {
 	if m.str.NonEmpty() {
 		return true
 	}
-	for _, p := range m.parts {
-		if p.isText && p.text.NonEmpty() {
+	for i := range m.parts.n {
+		if p := m.parts.at(i); p.isText && p.text.NonEmpty() {
 			return true
 		}
 	}
 	return false
+}
+
+// textParts is a list of blocks with room for the first few in place, so that the blocks of a
+// common request (a short system array, a message with a few blocks) are kept without allocating.
+type textParts struct {
+	n    int
+	head [4]textPart
+	tail []textPart // blocks after head
+}
+
+func (l *textParts) add(p textPart) {
+	if l.n < len(l.head) {
+		l.head[l.n] = p
+	} else {
+		l.tail = append(l.tail, p)
+	}
+	l.n++
+}
+
+func (l *textParts) at(i int) textPart {
+	if i < len(l.head) {
+		return l.head[i]
+	}
+	return l.tail[i-len(l.head)]
 }
 
 // bodyScan collects, in one pass over the body, every span the session rules may need.
@@ -69,7 +92,7 @@ type bodyScan struct {
 	stream   bool
 	userID   jsonscan.Span // metadata.user_id when a string
 	sysStr   jsonscan.Span
-	sysParts []textPart
+	sysParts textParts
 	sysArray bool
 
 	messagesArray bool
@@ -158,7 +181,7 @@ func (s *bodyScan) topMember(key []byte, special bool, vs int) (int, error) {
 			return end, err
 		})
 	case jsonscan.KeyIs(key, special, "system"):
-		s.sysStr, s.sysParts, s.sysArray = jsonscan.Span{}, s.sysParts[:0], false
+		s.sysStr, s.sysParts, s.sysArray = jsonscan.Span{}, textParts{}, false
 		switch b[vs] {
 		case '"':
 			sp, end, err := jsonscan.StringSpan(b, vs, 1)
@@ -168,7 +191,7 @@ func (s *bodyScan) topMember(key []byte, special bool, vs int) (int, error) {
 			s.sysArray = true
 			return jsonscan.EachElement(b, vs, 1, func(_, vs int) (int, error) {
 				p, end, err := s.part(vs, 2)
-				s.sysParts = append(s.sysParts, p)
+				s.sysParts.add(p)
 				return end, err
 			})
 		}
@@ -227,7 +250,7 @@ func (s *bodyScan) message(n, vs int) (int, error) {
 						partCache = true
 					}
 					if p.isText && s.firstTextIdx < 0 { // only the first message with text is used
-						text.parts = append(text.parts, p)
+						text.parts.add(p)
 					}
 					return end, err
 				})
@@ -317,16 +340,16 @@ func (s *bodyScan) sessionHash() string {
 	// 1. metadata.user_id carrying a Claude Code session id: the id itself.
 	if s.userID.NonEmpty() {
 		var buf [256]byte
-		if id, ok := SessionIDFromUserID(string(jsonscan.DecodeString(buf[:0], s.b, s.userID))); ok {
-			return id
+		if id, ok := sessionIDFromUserID(jsonscan.DecodeString(buf[:0], s.b, s.userID)); ok {
+			return string(id) // the id's only copy: the user_id around it is not kept
 		}
 	}
 	h := newTextHash(s.b)
 	// 2. Cacheable content: system blocks with an ephemeral cache_control, then, if some message
 	// has one, the text of the first message that has text.
 	if s.sysArray {
-		for _, p := range s.sysParts {
-			if p.ephemeral {
+		for i := range s.sysParts.n {
+			if p := s.sysParts.at(i); p.ephemeral {
 				h.add(p.text)
 			}
 		}
@@ -341,8 +364,8 @@ func (s *bodyScan) sessionHash() string {
 	if s.sysStr.OK() {
 		h.add(s.sysStr)
 	} else if s.sysArray {
-		for _, p := range s.sysParts {
-			h.add(p.text)
+		for i := range s.sysParts.n {
+			h.add(s.sysParts.at(i).text)
 		}
 	}
 	if h.n > 0 {
@@ -383,8 +406,8 @@ func (t *textHash) addMessage(m messageText) {
 		t.add(m.str)
 		return
 	}
-	for _, p := range m.parts {
-		if p.isText {
+	for i := range m.parts.n {
+		if p := m.parts.at(i); p.isText {
 			t.add(p.text)
 		}
 	}
@@ -405,18 +428,45 @@ func SessionIDFromUserID(userID string) (string, bool) {
 		return "", false
 	}
 	if userID[0] == '{' {
-		var obj map[string]json.RawMessage
-		if json.Unmarshal([]byte(userID), &obj) != nil {
-			return "", false
-		}
-		device, ok1 := jsonString(obj["device_id"])
-		session, ok2 := jsonString(obj["session_id"])
-		if !ok1 || !ok2 || device == "" || session == "" {
-			return "", false
-		}
-		return session, true
+		return jsonSessionID(userID)
 	}
-	return legacySessionID(userID)
+	i, ok := legacySessionID(userID)
+	if !ok {
+		return "", false
+	}
+	return userID[i:], true
+}
+
+// sessionIDFromUserID is SessionIDFromUserID on the decoded bytes of user_id; the legacy id is
+// returned as a slice of them.
+func sessionIDFromUserID(userID []byte) ([]byte, bool) {
+	if len(userID) == 0 {
+		return nil, false
+	}
+	if userID[0] == '{' {
+		id, ok := jsonSessionID(string(userID))
+		return []byte(id), ok
+	}
+	i, ok := legacySessionID(userID)
+	if !ok {
+		return nil, false
+	}
+	return userID[i:], true
+}
+
+// jsonSessionID reads the JSON form of user_id: an object with non-empty string device_id and
+// session_id.
+func jsonSessionID(userID string) (string, bool) {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal([]byte(userID), &obj) != nil {
+		return "", false
+	}
+	device, ok1 := jsonString(obj["device_id"])
+	session, ok2 := jsonString(obj["session_id"])
+	if !ok1 || !ok2 || device == "" || session == "" {
+		return "", false
+	}
+	return session, true
 }
 
 func jsonString(raw json.RawMessage) (string, bool) {
@@ -430,10 +480,11 @@ func jsonString(raw json.RawMessage) (string, bool) {
 	return s, true
 }
 
-// legacySessionID matches /^user_([a-fA-F0-9]{64})_account_(.*?)_session_([a-f0-9-]+)$/. The
-// session part cannot contain "_", so the only possible split is at the last "_session_"; "." does
-// not match JavaScript line terminators.
-func legacySessionID(s string) (string, bool) {
+// legacySessionID matches /^user_([a-fA-F0-9]{64})_account_(.*?)_session_([a-f0-9-]+)$/ and
+// returns where the session id starts. The session part cannot contain "_", so the only possible
+// split is at the last "_", which must end "_session_"; "." does not match JavaScript line
+// terminators.
+func legacySessionID[T string | []byte](s T) (int, bool) {
 	const (
 		pre     = "user_"
 		acct    = "_account_"
@@ -441,34 +492,59 @@ func legacySessionID(s string) (string, bool) {
 		hexLen  = 64
 		minimum = len(pre) + hexLen + len(acct) + len(sess) + 1
 	)
-	if len(s) < minimum || !strings.HasPrefix(s, pre) {
-		return "", false
+	if len(s) < minimum || string(s[:len(pre)]) != pre {
+		return 0, false
 	}
 	for i := len(pre); i < len(pre)+hexLen; i++ {
 		if !isHex(s[i]) {
-			return "", false
+			return 0, false
 		}
 	}
-	rest := s[len(pre)+hexLen:]
-	if !strings.HasPrefix(rest, acct) {
-		return "", false
+	start := len(pre) + hexLen
+	if string(s[start:start+len(acct)]) != acct {
+		return 0, false
 	}
-	rest = rest[len(acct):]
-	j := strings.LastIndex(rest, sess)
-	if j < 0 {
-		return "", false
+	start += len(acct)
+	last := lastIndexByte(s[start:], '_')
+	if last < len(sess)-1 || string(s[start+last-len(sess)+1:start+last+1]) != sess {
+		return 0, false
 	}
-	account, id := rest[:j], rest[j+len(sess):]
-	if id == "" || strings.ContainsAny(account, "\n\r\u2028\u2029") {
-		return "", false
+	account, id := s[start:start+last-len(sess)+1], s[start+last+1:]
+	if len(id) == 0 || containsLineTerminator(account) {
+		return 0, false
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]
 		if !(('a' <= c && c <= 'f') || isDigit(c) || c == '-') {
-			return "", false
+			return 0, false
 		}
 	}
-	return id, true
+	return len(s) - len(id), true
+}
+
+func lastIndexByte[T string | []byte](s T, c byte) int {
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// containsLineTerminator reports whether s holds \n, \r, U+2028 or U+2029 (in UTF-8: E2 80 A8,
+// E2 80 A9), the characters JavaScript's "." does not match.
+func containsLineTerminator[T string | []byte](s T) bool {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\n', '\r':
+			return true
+		case 0xE2:
+			if i+2 < len(s) && s[i+1] == 0x80 && (s[i+2] == 0xA8 || s[i+2] == 0xA9) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }

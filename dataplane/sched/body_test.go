@@ -117,6 +117,11 @@ func TestSessionIDFromUserID(t *testing.T) {
 		{"legacy short device", "user_abc_account_a_session_1", ""},
 		{"legacy newline in account", "user_" + deviceHex + "_account_a\nb_session_1", ""},
 		{"legacy trailing newline", "user_" + deviceHex + "_account_a_session_1\n", ""},
+		{"legacy line separator in account", "user_" + deviceHex + "_account_a\u2028b_session_1", ""},
+		{"legacy paragraph separator in account", "user_" + deviceHex + "_account_a\u2029b_session_1", ""},
+		{"legacy other U+20xx in account", "user_" + deviceHex + "_account_a\u2027\u202ab_session_1", "1"},
+		{"legacy underscore after session", "user_" + deviceHex + "_account_a_session_1_2", ""},
+		{"legacy no _session_", "user_" + deviceHex + "_account_a_sessio_12345678", ""},
 		{"json", `{"device_id":"d","account_uuid":"","session_id":"s-1"}`, "s-1"},
 		{"json no device", `{"session_id":"s-1"}`, ""},
 		{"json empty session", `{"device_id":"d","session_id":""}`, ""},
@@ -133,6 +138,32 @@ func TestSessionIDFromUserID(t *testing.T) {
 			require.Equal(t, tt.want, got)
 		})
 	}
+}
+
+// FuzzSessionIDFromUserID pins the legacy matcher to the reference's regular expression, and the
+// byte form the body scan uses to the string form.
+func FuzzSessionIDFromUserID(f *testing.F) {
+	f.Add("user_" + deviceHex + "_account_abc_session_" + sessionID)
+	f.Add("user_" + deviceHex + "_account_x_session_zz_session_ab-12")
+	f.Add("user_" + deviceHex + "_account_a\u2028b_session_1")
+	f.Add(`{"device_id":"d","session_id":"s-1"}`)
+	f.Fuzz(func(t *testing.T, in string) {
+		got, ok := SessionIDFromUserID(in)
+		b, bok := sessionIDFromUserID([]byte(in))
+		if ok != bok || got != string(b) {
+			t.Fatalf("%q: string form (%q, %v), byte form (%q, %v)", in, got, ok, b, bok)
+		}
+		if in == "" || in[0] == '{' {
+			return
+		}
+		want := ""
+		if m := legacyRE.FindStringSubmatch(in); m != nil {
+			want = m[3]
+		}
+		if got != want {
+			t.Fatalf("%q: got %q, regular expression %q", in, got, want)
+		}
+	})
 }
 
 // legacyRE is the reference's regular expression, with JavaScript's "." (no line terminators).
@@ -305,6 +336,19 @@ func FuzzParseMessages(f *testing.F) {
 func BenchmarkParseMessages(b *testing.B) {
 	big := strings.Repeat(`{"role":"user","content":[{"type":"text","text":"`+strings.Repeat("lorem ipsum \\n dolor ", 200)+`"}]},`, 200)
 	body := []byte(`{"model":"claude-sonnet-4-5","messages":[` + big + `{"role":"user","content":"end"}],"metadata":{"user_id":"user_` + deviceHex + `_account__session_` + sessionID + `"},"stream":true}`)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseMessages(body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkParseMessagesSmall is the body crs-bench sends: a short Claude Code request whose
+// session comes from metadata.user_id. It measures the fixed cost per request.
+func BenchmarkParseMessagesSmall(b *testing.B) {
+	body := []byte(`{"max_tokens":32000,"messages":[{"content":[{"text":"Write a haiku about relays.","type":"text"}],"role":"user"}],"metadata":{"user_id":"user_` + deviceHex + `_account__session_` + sessionID + `"},"model":"claude-sonnet-4-20250514","stream":false}`)
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {

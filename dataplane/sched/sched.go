@@ -39,6 +39,9 @@ const (
 	DefaultMaxLocalSessions = 100_000
 	defaultStickyTTL        = time.Hour
 	defaultPriority         = 50
+	// stickySlack: a served request leaves the local binding as it is while its expiry is at most
+	// 1/stickySlack of the TTL short of where the request would move it (4.7s of 5 minutes).
+	stickySlack = 64
 )
 
 // Options configure a Scheduler.
@@ -51,7 +54,8 @@ type Options struct {
 	// pick. Default 500ms.
 	BindTimeout time.Duration
 	// LocalStickyTTL is how long this worker trusts a binding it saw without asking the control
-	// plane again (capped by the settings' sticky TTL). Default 5m.
+	// plane again (capped by the settings' sticky TTL), counted from the binding's last use give
+	// or take 1/64 of it. Default 5m.
 	LocalStickyTTL time.Duration
 	// MaxLocalSessions bounds the local binding cache. Default 100000.
 	MaxLocalSessions int
@@ -116,6 +120,9 @@ type Request struct {
 	SessionHash string
 	// RequestID, for the debug line.
 	RequestID string
+	// Now is when the request is judged: the time the worker read it, so that scheduling needs no
+	// clock read of its own. Zero: the scheduler's clock (Options.Now).
+	Now time.Time
 }
 
 // Selection is the ordered candidates of one request; it implements relay.Candidates. It is
@@ -127,11 +134,50 @@ type Selection struct {
 	next        int
 	sessionHash string
 	boundID     string // the account the session is bound to as far as known; "" none or unknown
-	stickyTTL   time.Duration
+	// boundExpires is when the local cache's entry for boundID expires (unix nanos), as read or
+	// written while the Selection was made; 0 when the cache holds none.
+	boundExpires int64
+	stickyTTL    time.Duration
+	// now is when the Selection was made; the first candidate's use is recorded at it.
+	now time.Time
 
-	// Reason says how the list was built, or why it is empty (for logs).
-	Reason string
+	// reasons say how the list was built, or why it is empty; joined by Reason, for logs only.
+	reasons []reason
+	// Room for a typical list and its reasons, so that Claude allocates the Selection only.
+	accountBuf [8]*crsv1.Account
+	reasonBuf  [2]reason
 }
+
+// Reason says how the list was built, or why it is empty (for logs).
+func (sel *Selection) Reason() string {
+	var b strings.Builder
+	for i, r := range sel.reasons {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		r.write(&b)
+	}
+	return b.String()
+}
+
+// reason is one step of how a Selection was built: text, then the account or group id, then
+// more text and why the account was unavailable. It is put into words only when a log line wants
+// it, so that a request builds no strings for it.
+type reason struct {
+	text, id, more string
+	why            unavailability
+}
+
+func (r reason) write(b *strings.Builder) {
+	b.WriteString(r.text)
+	b.WriteString(r.id)
+	b.WriteString(r.more)
+	if r.why.code != available {
+		b.WriteString(r.why.String())
+	}
+}
+
+func (sel *Selection) addReason(r reason) { sel.reasons = append(sel.reasons, r) }
 
 // Next returns the next account to try, nil when there is none left. Each account is returned once.
 func (sel *Selection) Next() *crsv1.Account {
@@ -139,8 +185,12 @@ func (sel *Selection) Next() *crsv1.Account {
 		return nil
 	}
 	a := sel.accounts[sel.next]
+	at := sel.now
+	if sel.next > 0 { // a failover, later in the request
+		at = sel.s.now()
+	}
 	sel.next++
-	sel.s.touch(a.GetId())
+	sel.s.touch(a.GetId(), at)
 	return a
 }
 
@@ -158,8 +208,14 @@ func (sel *Selection) Served(accountID string) {
 		return
 	}
 	s := sel.s
-	now := s.now()
-	s.sticky.put(sel.sessionHash, accountID, now, min(s.localTTL, sel.stickyTTL))
+	ttl := min(s.localTTL, sel.stickyTTL)
+	if accountID == sel.boundID && sel.boundExpires >= sel.now.Add(ttl-ttl/stickySlack).UnixNano() {
+		// The local entry names this account and was written at most ttl/stickySlack before the
+		// request started: writing it again would move its expiry by no more than that. Skipping
+		// the write spares a lock on every request of a busy session.
+		return
+	}
+	s.sticky.put(sel.sessionHash, accountID, s.now(), ttl)
 	if s.binder == nil || accountID == sel.boundID {
 		return
 	}
@@ -186,9 +242,9 @@ func (sel *Selection) Served(accountID string) {
 	}()
 }
 
-func (s *Scheduler) touch(id string) {
+func (s *Scheduler) touch(id string, at time.Time) {
 	s.mu.Lock()
-	s.lastUsed[id] = s.now().UnixNano()
+	s.lastUsed[id] = at.UnixNano()
 	s.mu.Unlock()
 }
 
@@ -198,9 +254,9 @@ type decision struct {
 	skipped []string
 }
 
-func (d *decision) skip(a *crsv1.Account, why string) {
+func (d *decision) skip(a *crsv1.Account, why unavailability) {
 	if d.on {
-		d.skipped = append(d.skipped, a.GetId()+": "+why)
+		d.skipped = append(d.skipped, a.GetId()+": "+why.String())
 	}
 }
 
@@ -215,31 +271,42 @@ func (d *decision) skip(a *crsv1.Account, why string) {
 //
 // ctx bounds the Bind call (besides BindTimeout).
 func (s *Scheduler) Claude(ctx context.Context, r Request) *Selection {
-	now := s.now()
+	sel := new(Selection)
+	s.ClaudeInto(ctx, r, sel)
+	return sel
+}
+
+// ClaudeInto is Claude writing into sel, a zero Selection the caller allocated (as part of a larger
+// per-request struct, say). sel must not move while the request runs: it points into itself.
+func (s *Scheduler) ClaudeInto(ctx context.Context, r Request, sel *Selection) {
+	now := r.Now
+	if now.IsZero() {
+		now = s.now()
+	}
 	st := r.State
 	settings := st.Settings()
 	key := r.Key
 	d := decision{on: s.log.Core().Enabled(zapcore.DebugLevel)}
+	m := modelOf(r.Model)
 
-	sel := &Selection{s: s, sessionHash: r.SessionHash, stickyTTL: defaultStickyTTL}
+	*sel = Selection{s: s, sessionHash: r.SessionHash, stickyTTL: defaultStickyTTL, now: now}
+	sel.reasons = sel.reasonBuf[:0]
 	if ttl := settings.GetStickySessionTtl(); ttl != nil && ttl.AsDuration() > 0 {
 		sel.stickyTTL = ttl.AsDuration()
 	}
 
 	var (
-		list        []*crsv1.Account
+		list        = sel.accountBuf[:0]
 		pin         int  // sticky account goes to this index: after single dedicated accounts
 		stickyLimit = -1 // for a group key: only its members (list[:stickyLimit]) may be sticky
 		poolAllowed = true
-		reasonBuf   [4]string
-		reasons     = reasonBuf[:0]
 	)
 	if id := key.GetClaudeAccountId(); id != "" {
 		poolAllowed = settings.GetDedicatedAccountFallback()
 		if gid, ok := strings.CutPrefix(id, "group:"); ok {
 			g := st.Group(gid)
 			if g == nil {
-				reasons = append(reasons, "group "+gid+" not found")
+				sel.addReason(reason{text: "group ", id: gid, more: " not found"})
 			}
 			for _, mid := range g.GetAccountIds() {
 				a := st.Account(mid)
@@ -247,10 +314,10 @@ func (s *Scheduler) Claude(ctx context.Context, r Request) *Selection {
 					continue
 				}
 				if !isClaudeType(a.GetType()) {
-					d.skip(a, "group member of type "+a.GetType())
+					d.skip(a, unavailability{code: memberOfWrongType, detail: a.GetType()})
 					continue
 				}
-				if why := s.unavailable(a, r.Model, now); why != "" {
+				if why := s.unavailable(a, m, now); why.code != available {
 					d.skip(a, why)
 					continue
 				}
@@ -258,43 +325,43 @@ func (s *Scheduler) Claude(ctx context.Context, r Request) *Selection {
 			}
 			s.sortPool(list)
 			stickyLimit = len(list)
-			reasons = append(reasons, "group "+gid)
+			sel.addReason(reason{text: "group ", id: gid})
 		} else {
 			a := st.Account(id)
-			switch why := s.unavailableDedicated(a, r.Model, now); why {
-			case "":
+			switch why := s.unavailableDedicated(a, m, now); why.code {
+			case available:
 				list = append(list, a)
 				pin = 1
-				reasons = append(reasons, "dedicated "+id)
+				sel.addReason(reason{text: "dedicated ", id: id})
 			default:
-				reasons = append(reasons, "dedicated "+id+" unavailable: "+why)
+				sel.addReason(reason{text: "dedicated ", id: id, more: " unavailable: ", why: why})
 			}
 		}
 		if !poolAllowed {
-			reasons = append(reasons, "no pool fallback")
+			sel.addReason(reason{text: "no pool fallback"})
 		}
 	}
 	if id := key.GetClaudeConsoleAccountId(); id != "" && poolAllowed {
 		a := st.Account(id)
-		switch why := s.unavailableDedicated(a, r.Model, now); why {
-		case "":
+		switch why := s.unavailableDedicated(a, m, now); why.code {
+		case available:
 			if a.GetType() == snapshot.TypeClaudeConsole && !slices.Contains(list, a) {
 				list = append(list, a)
 				pin = len(list)
-				reasons = append(reasons, "dedicated console "+id)
+				sel.addReason(reason{text: "dedicated console ", id: id})
 			}
 		default:
-			reasons = append(reasons, "dedicated console "+id+" unavailable, using the pool: "+why)
+			sel.addReason(reason{text: "dedicated console ", id: id, more: " unavailable, using the pool: ", why: why})
 		}
 	}
 	if poolAllowed {
-		list = s.appendPool(list, st, r.Model, now, &d)
+		list = s.appendPool(list, st, m, now, &d)
 	}
 
 	// Sticky session: put the bound account at the pin position when it is still a candidate.
 	if r.SessionHash != "" && len(list) > 0 {
-		bound := s.boundAccount(ctx, r, list[0], sel.stickyTTL)
-		sel.boundID = bound
+		bound, expires := s.boundAccount(ctx, r, list[0], now, sel.stickyTTL)
+		sel.boundID, sel.boundExpires = bound, expires
 		if bound != "" {
 			j := slices.IndexFunc(list, func(a *crsv1.Account) bool { return a.GetId() == bound })
 			if stickyLimit >= 0 && j >= stickyLimit {
@@ -306,17 +373,16 @@ func (s *Scheduler) Claude(ctx context.Context, r Request) *Selection {
 					copy(list[pin+1:j+1], list[pin:j])
 					list[pin] = a
 				}
-				reasons = append(reasons, "sticky "+bound)
+				sel.addReason(reason{text: "sticky ", id: bound})
 			} else {
-				reasons = append(reasons, "sticky "+bound+" not a candidate, rebinding")
+				sel.addReason(reason{text: "sticky ", id: bound, more: " not a candidate, rebinding"})
 			}
 		}
 	}
 	sel.accounts = list
 	if len(list) == 0 {
-		reasons = append(reasons, "no available account")
+		sel.addReason(reason{text: "no available account"})
 	}
-	sel.Reason = strings.Join(reasons, "; ")
 
 	if ce := s.log.Check(zapcore.DebugLevel, "claude candidates"); ce != nil {
 		ids := make([]string, len(list))
@@ -329,23 +395,21 @@ func (s *Scheduler) Claude(ctx context.Context, r Request) *Selection {
 			zap.String("model", r.Model),
 			zap.String("session", r.SessionHash),
 			zap.Strings("candidates", ids),
-			zap.String("reason", sel.Reason),
+			zap.String("reason", sel.Reason()),
 			zap.Strings("skipped", d.skipped),
 		)
 	}
-	return sel
 }
 
 // boundAccount returns the account the session is bound to: from the local cache, else from the
 // control plane (binding it to proposal when unbound). Local entries are not renewed on use, so
 // each worker asks the control plane again after LocalStickyTTL and follows rebinds made by others.
-func (s *Scheduler) boundAccount(ctx context.Context, r Request, proposal *crsv1.Account, stickyTTL time.Duration) string {
-	now := s.now()
-	if id, ok := s.sticky.get(r.SessionHash, now); ok {
-		return id
+func (s *Scheduler) boundAccount(ctx context.Context, r Request, proposal *crsv1.Account, now time.Time, stickyTTL time.Duration) (id string, expires int64) {
+	if id, expires, ok := s.sticky.get(r.SessionHash, now); ok {
+		return id, expires
 	}
 	if s.binder == nil {
-		return ""
+		return "", 0
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.bindTimeout)
 	defer cancel()
@@ -358,17 +422,17 @@ func (s *Scheduler) boundAccount(ctx context.Context, r Request, proposal *crsv1
 		if ce := s.log.Check(zapcore.DebugLevel, "bind failed, using own pick"); ce != nil {
 			ce.Write(zap.String("request_id", r.RequestID), zap.Error(err))
 		}
-		return ""
+		return "", 0
 	}
 	if resp.GetAccountId() != "" {
-		s.sticky.put(r.SessionHash, resp.GetAccountId(), now, min(s.localTTL, stickyTTL))
+		expires = s.sticky.put(r.SessionHash, resp.GetAccountId(), now, min(s.localTTL, stickyTTL))
 	}
-	return resp.GetAccountId()
+	return resp.GetAccountId(), expires
 }
 
-// appendPool appends to list the shared Claude accounts that can serve model and are not in list
+// appendPool appends to list the shared Claude accounts that can serve m and are not in list
 // already, sorted among themselves.
-func (s *Scheduler) appendPool(list []*crsv1.Account, st *snapshot.State, model string, now time.Time, d *decision) []*crsv1.Account {
+func (s *Scheduler) appendPool(list []*crsv1.Account, st *snapshot.State, m model, now time.Time, d *decision) []*crsv1.Account {
 	skip := list
 	out := list
 	for _, typ := range [...]string{snapshot.TypeClaudeOfficial, snapshot.TypeClaudeConsole} {
@@ -379,7 +443,7 @@ func (s *Scheduler) appendPool(list []*crsv1.Account, st *snapshot.State, model 
 			if slices.Contains(skip, a) {
 				continue
 			}
-			if why := s.unavailable(a, model, now); why != "" {
+			if why := s.unavailable(a, m, now); why.code != available {
 				d.skip(a, why)
 				continue
 			}
@@ -390,30 +454,44 @@ func (s *Scheduler) appendPool(list []*crsv1.Account, st *snapshot.State, model 
 	return out
 }
 
+// poolEntry is an account with its sort keys, read once per sort.
+type poolEntry struct {
+	a                 *crsv1.Account
+	priority          int32
+	used, createdAtNs int64
+}
+
 // sortPool orders accounts by priority (lower first), then least recently used on this worker,
 // then creation time, then id.
 func (s *Scheduler) sortPool(as []*crsv1.Account) {
 	if len(as) < 2 {
 		return
 	}
+	var buf [16]poolEntry
+	es := buf[:0]
+	if len(as) > len(buf) {
+		es = make([]poolEntry, 0, len(as))
+	}
 	s.mu.Lock()
-	used := make(map[string]int64, len(as))
 	for _, a := range as {
-		used[a.GetId()] = s.lastUsed[a.GetId()]
+		es = append(es, poolEntry{a: a, priority: priority(a), used: s.lastUsed[a.GetId()], createdAtNs: createdAt(a)})
 	}
 	s.mu.Unlock()
-	slices.SortStableFunc(as, func(a, b *crsv1.Account) int {
-		if c := cmp.Compare(priority(a), priority(b)); c != 0 {
+	slices.SortStableFunc(es, func(a, b poolEntry) int {
+		if c := cmp.Compare(a.priority, b.priority); c != 0 {
 			return c
 		}
-		if c := cmp.Compare(used[a.GetId()], used[b.GetId()]); c != 0 {
+		if c := cmp.Compare(a.used, b.used); c != 0 {
 			return c
 		}
-		if c := cmp.Compare(createdAt(a), createdAt(b)); c != 0 {
+		if c := cmp.Compare(a.createdAtNs, b.createdAtNs); c != 0 {
 			return c
 		}
-		return strings.Compare(a.GetId(), b.GetId())
+		return strings.Compare(a.a.GetId(), b.a.GetId())
 	})
+	for i, e := range es {
+		as[i] = e.a
+	}
 }
 
 func priority(a *crsv1.Account) int32 {
@@ -434,35 +512,85 @@ func isClaudeType(typ string) bool {
 	return typ == snapshot.TypeClaudeOfficial || typ == snapshot.TypeClaudeConsole
 }
 
-// unavailableDedicated is unavailable for an account a key names, which may be missing.
-func (s *Scheduler) unavailableDedicated(a *crsv1.Account, model string, now time.Time) string {
-	if a == nil {
-		return "not found"
-	}
-	if !isClaudeType(a.GetType()) {
-		return "type " + a.GetType()
-	}
-	return s.unavailable(a, model, now)
+// unavailability is why an account cannot serve a request; the zero value means it can. It is
+// put into words (String) only for log lines.
+type unavailability struct {
+	code   unavailableCode
+	detail string // the type, state or family the code is about
 }
 
-// unavailable returns why a can not serve model now, or "" when it can.
-func (s *Scheduler) unavailable(a *crsv1.Account, model string, now time.Time) string {
-	if a.Schedulable != nil && !*a.Schedulable {
+type unavailableCode uint8
+
+const (
+	available unavailableCode = iota
+	notFound
+	wrongType
+	memberOfWrongType
+	notSchedulable
+	inactive
+	subscriptionExpired
+	modelNotSupported
+	familyRateLimited
+)
+
+func (u unavailability) String() string {
+	switch u.code {
+	case notFound:
+		return "not found"
+	case wrongType:
+		return "type " + u.detail
+	case memberOfWrongType:
+		return "group member of type " + u.detail
+	case notSchedulable:
 		return "not schedulable"
-	}
-	if !snapshot.AccountActive(a, now) {
-		return "state " + a.GetStatus().GetState()
-	}
-	if exp := a.GetSubscriptionExpiresAt(); exp != nil && (exp.GetSeconds() != 0 || exp.GetNanos() != 0) && !exp.AsTime().After(now) {
+	case inactive:
+		return "state " + u.detail
+	case subscriptionExpired:
 		return "subscription expired"
-	}
-	if !ModelSupported(a, model) {
+	case modelNotSupported:
 		return "model not supported"
-	}
-	if fam := ModelFamily(model); fam != "" {
-		if until := a.GetStatus().GetFamilyLimitedUntil()[fam]; until != nil && until.AsTime().After(now) {
-			return fam + " rate limited"
-		}
+	case familyRateLimited:
+		return u.detail + " rate limited"
 	}
 	return ""
+}
+
+// model is the requested model with its rate-limit family, worked out once per request.
+type model struct {
+	name, family string
+}
+
+func modelOf(name string) model { return model{name: name, family: ModelFamily(name)} }
+
+// unavailableDedicated is unavailable for an account a key names, which may be missing.
+func (s *Scheduler) unavailableDedicated(a *crsv1.Account, m model, now time.Time) unavailability {
+	if a == nil {
+		return unavailability{code: notFound}
+	}
+	if !isClaudeType(a.GetType()) {
+		return unavailability{code: wrongType, detail: a.GetType()}
+	}
+	return s.unavailable(a, m, now)
+}
+
+// unavailable returns why a can not serve m now; the zero value when it can.
+func (s *Scheduler) unavailable(a *crsv1.Account, m model, now time.Time) unavailability {
+	if a.Schedulable != nil && !*a.Schedulable {
+		return unavailability{code: notSchedulable}
+	}
+	if !snapshot.AccountActive(a, now) {
+		return unavailability{code: inactive, detail: a.GetStatus().GetState()}
+	}
+	if exp := a.GetSubscriptionExpiresAt(); exp != nil && (exp.GetSeconds() != 0 || exp.GetNanos() != 0) && !exp.AsTime().After(now) {
+		return unavailability{code: subscriptionExpired}
+	}
+	if !ModelSupported(a, m.name) {
+		return unavailability{code: modelNotSupported}
+	}
+	if m.family != "" {
+		if until := a.GetStatus().GetFamilyLimitedUntil()[m.family]; until != nil && until.AsTime().After(now) {
+			return unavailability{code: familyRateLimited, detail: m.family}
+		}
+	}
+	return unavailability{}
 }

@@ -3,6 +3,7 @@ package sched
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -234,7 +235,7 @@ func TestClaudeCandidates(t *testing.T) {
 			}
 			sel := newSched(nil).Claude(context.Background(), Request{State: st, Key: key, Model: tt.model})
 			require.Equal(t, len(tt.want), sel.Len())
-			require.Equal(t, tt.want, ids(sel), "reason: %s", sel.Reason)
+			require.Equal(t, tt.want, ids(sel), "reason: %s", sel.Reason())
 			require.Nil(t, sel.Next(), "exhausted")
 		})
 	}
@@ -310,7 +311,7 @@ func TestStickySession(t *testing.T) {
 		s := newSched(fb)
 		sel := s.Claude(context.Background(), Request{State: st2, Key: &crsv1.ApiKey{}, SessionHash: "s4"})
 		require.Equal(t, []string{"a"}, ids(sel))
-		require.Contains(t, sel.Reason, "not a candidate")
+		require.Contains(t, sel.Reason(), "not a candidate")
 		sel.Served("a")
 		s.Wait()
 		require.Equal(t, "a", fb.bound["s4"])
@@ -417,10 +418,123 @@ func TestStickyCacheBounded(t *testing.T) {
 		c.put(string(rune('a'+i%26))+string(rune(i)), "x", t0, time.Hour)
 	}
 	require.LessOrEqual(t, c.len(), 100)
-	c.put("k", "acc", t0, time.Minute)
-	id, ok := c.get("k", t0.Add(30*time.Second))
+	exp := c.put("k", "acc", t0, time.Minute)
+	require.Equal(t, t0.Add(time.Minute).UnixNano(), exp)
+	id, gotExp, ok := c.get("k", t0.Add(30*time.Second))
 	require.True(t, ok)
 	require.Equal(t, "acc", id)
-	_, ok = c.get("k", t0.Add(time.Minute))
+	require.Equal(t, exp, gotExp)
+	_, _, ok = c.get("k", t0.Add(time.Minute))
 	require.False(t, ok, "expired")
+}
+
+// Reasons are kept as parts and put into words only for logs; the words are these.
+func TestReasonWords(t *testing.T) {
+	const off, con = snapshot.TypeClaudeOfficial, snapshot.TypeClaudeConsole
+	st := state(t, nil, []*crsv1.AccountGroup{{Id: "g", AccountIds: []string{"a", "gem", "down"}}},
+		account("a", off), account("c", con, status("rate_limited", time.Hour)),
+		account("down", off, familyLimited("sonnet", time.Hour)), account("gem", "gemini"))
+	tests := []struct {
+		name    string
+		key     *crsv1.ApiKey
+		session string
+		bound   string
+		want    string
+		skipped []any
+	}{
+		{"pool", &crsv1.ApiKey{}, "", "", "", []any{"down: sonnet rate limited", "c: state rate_limited"}},
+		{"missing group", &crsv1.ApiKey{ClaudeAccountId: "group:x"}, "", "",
+			"group x not found; group x; no pool fallback; no available account", nil},
+		{"group", &crsv1.ApiKey{ClaudeAccountId: "group:g"}, "", "", "group g; no pool fallback",
+			[]any{"gem: group member of type gemini", "down: sonnet rate limited"}},
+		{"dedicated", &crsv1.ApiKey{ClaudeAccountId: "a"}, "", "", "dedicated a; no pool fallback", nil},
+		{"dedicated unavailable", &crsv1.ApiKey{ClaudeAccountId: "down"}, "", "",
+			"dedicated down unavailable: sonnet rate limited; no pool fallback; no available account", nil},
+		{"dedicated missing", &crsv1.ApiKey{ClaudeAccountId: "nope"}, "", "",
+			"dedicated nope unavailable: not found; no pool fallback; no available account", nil},
+		{"dedicated of another type", &crsv1.ApiKey{ClaudeAccountId: "gem"}, "", "",
+			"dedicated gem unavailable: type gemini; no pool fallback; no available account", nil},
+		{"console unavailable", &crsv1.ApiKey{ClaudeConsoleAccountId: "c"}, "", "",
+			"dedicated console c unavailable, using the pool: state rate_limited", nil},
+		{"sticky", &crsv1.ApiKey{}, "s", "a", "sticky a", nil},
+		{"sticky elsewhere", &crsv1.ApiKey{}, "s", "c", "sticky c not a candidate, rebinding", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			core, logs := observer.New(zap.DebugLevel)
+			fb := &fakeBinder{bound: map[string]string{"s": tt.bound}}
+			s := New(Options{Logger: zap.New(core), Binder: fb, Now: func() time.Time { return t0 }})
+			sel := s.Claude(context.Background(), Request{State: st, Key: tt.key, Model: "claude-sonnet-4-5", SessionHash: tt.session})
+			require.Equal(t, tt.want, sel.Reason())
+			entries := logs.FilterMessage("claude candidates").All()
+			require.Len(t, entries, 1)
+			require.Equal(t, tt.want, entries[0].ContextMap()["reason"])
+			if tt.skipped != nil {
+				require.Equal(t, tt.skipped, entries[0].ContextMap()["skipped"])
+			}
+		})
+	}
+}
+
+// A request judged at its own time (Request.Now) sees account states as of that time, not the
+// scheduler's clock.
+func TestRequestNow(t *testing.T) {
+	st := state(t, nil, nil, account("a", snapshot.TypeClaudeOfficial, status("rate_limited", time.Hour)),
+		account("b", snapshot.TypeClaudeOfficial))
+	s := newSched(nil) // its clock says t0
+	r := Request{State: st, Key: &crsv1.ApiKey{}, Model: "claude-sonnet-4-5"}
+	require.Equal(t, []string{"b"}, ids(s.Claude(context.Background(), r)))
+	r.Now = t0.Add(2 * time.Hour)
+	require.Equal(t, []string{"a", "b"}, ids(s.Claude(context.Background(), r)), "a's limit is over by then")
+}
+
+// A served request refreshes the local binding only when that moves its expiry by more than
+// 1/stickySlack of the TTL; a busy session does not write the cache on every request.
+func TestServedRefreshesLocalBindingWithSlack(t *testing.T) {
+	st := state(t, nil, nil, account("a", snapshot.TypeClaudeOfficial))
+	now := t0
+	s := New(Options{LocalStickyTTL: 64 * time.Second, Now: func() time.Time { return now }})
+	r := Request{State: st, Key: &crsv1.ApiKey{}, SessionHash: "s"}
+	expires := func() int64 {
+		_, e, ok := s.sticky.get("s", now)
+		require.True(t, ok)
+		return e
+	}
+
+	sel := s.Claude(context.Background(), r) // unbound: our pick, bound when served
+	sel.Next()
+	sel.Served("a")
+	require.Equal(t, t0.Add(64*time.Second).UnixNano(), expires())
+
+	now = t0.Add(time.Second) // within the slack (64s/64 = 1s): left as it is
+	sel = s.Claude(context.Background(), r)
+	sel.Next()
+	sel.Served("a")
+	require.Equal(t, t0.Add(64*time.Second).UnixNano(), expires())
+
+	now = t0.Add(1500 * time.Millisecond) // past it: refreshed
+	sel = s.Claude(context.Background(), r)
+	sel.Next()
+	sel.Served("a")
+	require.Equal(t, now.Add(64*time.Second).UnixNano(), expires())
+}
+
+// Concurrent writers keep the cache within its bound (give or take one entry per writer racing
+// past the check), and its count matches its entries.
+func TestStickyCacheBoundedConcurrently(t *testing.T) {
+	c := newStickyCache(100)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 1000 {
+				c.put(fmt.Sprintf("%d-%d", g, i), "x", t0, time.Hour)
+				c.get(fmt.Sprintf("%d-%d", g, i/2), t0)
+			}
+		})
+	}
+	wg.Wait()
+	require.LessOrEqual(t, c.len(), 100+8)
+	n := 0
+	c.m.Range(func(any, any) bool { n++; return true })
+	require.Equal(t, n, c.len())
 }

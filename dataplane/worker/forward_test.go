@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -23,7 +24,7 @@ func TestForwardedHeaders(t *testing.T) {
 	h.Set("Cookie", "c=1")
 	h.Set("User-Agent", "claude-cli/1.0")
 
-	got := forwardedHeaders(&h)
+	got := appendForwarded(nil, &h)
 	require.Equal(t, []relay.Header{
 		{Name: "user-agent", Value: "claude-cli/1.0"}, // fasthttp yields its special headers first
 		{Name: "anthropic-version", Value: "2023-06-01"},
@@ -35,5 +36,35 @@ func TestForwardedHeaders(t *testing.T) {
 
 	var none fasthttp.RequestHeader
 	none.Set("X-Api-Key", "cr_secret")
-	require.Empty(t, forwardedHeaders(&none))
+	require.Empty(t, appendForwarded(nil, &none))
+}
+
+// forwardName knows the allow-list under the names fasthttp's server gives headers, whatever case
+// the client sent.
+func TestForwardNameAllowList(t *testing.T) {
+	allowed := []string{
+		"accept", "accept-language", "anthropic-beta", "anthropic-version",
+		"anthropic-dangerous-direct-browser-access", "content-type", "sec-fetch-mode",
+		"user-agent", "x-app",
+		"x-stainless-arch", "x-stainless-helper-method", "x-stainless-lang", "x-stainless-os",
+		"x-stainless-package-version", "x-stainless-retry-count", "x-stainless-runtime",
+		"x-stainless-runtime-version", "x-stainless-timeout",
+	}
+	denied := []string{"x-api-key", "authorization", "cookie", "connection", "host", "x-forwarded-for",
+		"accept-encoding", "x-stainless-other", "content-length", "x-claude-code-session-id", "proxy-authorization"}
+	for _, sent := range []func(string) string{strings.ToLower, strings.ToUpper, func(s string) string { return s }} {
+		var h fasthttp.RequestHeader
+		for _, n := range append(append([]string(nil), allowed...), denied...) {
+			h.Add(sent(n), "v-"+n)
+		}
+		got := map[string]string{}
+		for _, f := range appendForwarded(nil, &h) {
+			got[f.Name] = f.Value
+		}
+		want := map[string]string{}
+		for _, n := range allowed {
+			want[n] = "v-" + n
+		}
+		require.Equal(t, want, got)
+	}
 }

@@ -104,17 +104,20 @@ func (w *Worker) relayClaude(ctx *fasthttp.RequestCtx, c *call, op string, m sch
 	if !ok {
 		return
 	}
-	sel := w.sched.Claude(ctx, sched.Request{
+	rc := &relayCall{w: w, adm: adm, route: c.route.name}
+	w.sched.ClaudeInto(ctx, sched.Request{
 		State:       c.state,
 		Key:         c.key,
 		Model:       m.Model,
 		SessionHash: m.SessionHash,
 		RequestID:   c.id,
-	})
+		Now:         w.requestNow(ctx),
+	}, &rc.sel)
+	sel := &rc.sel
 	if sel.Len() == 0 {
 		if ce := w.log.Check(zap.DebugLevel, "no candidates"); ce != nil {
 			ce.Write(zap.String("request_id", c.id), zap.String("key_id", c.key.GetId()),
-				zap.String("model", m.Model), zap.String("reason", sel.Reason))
+				zap.String("model", m.Model), zap.String("reason", sel.Reason()))
 		}
 		adm.release()
 		writeError(ctx, apierr.New(fasthttp.StatusInternalServerError, apierr.ShapeFlatTimestamp,
@@ -127,57 +130,68 @@ func (w *Worker) relayClaude(ctx *fasthttp.RequestCtx, c *call, op string, m sch
 		writeError(ctx, err)
 		return
 	}
-	body, query := ownedBody(ctx)
-	req := &relay.Request{
+	rc.req = relay.Request{
 		RequestID: c.id,
 		KeyID:     c.key.GetId(),
-		Endpoint:  string(ctx.Path()),
+		Endpoint:  w.endpoint(ctx.Path()),
 		Op:        op,
-		Body:      body,
-		Query:     query,
-		Model:     m.Model,
-		Stream:    m.Stream,
-		Headers:   forwardedHeaders(&ctx.Request.Header),
-		Started:   started,
-		Refresh:   w.refresh,
+		// Not copied: the relay reads them only while Serve runs (see relay.Request).
+		Body:    ctx.PostBody(),
+		Query:   ctx.URI().QueryString(),
+		Model:   m.Model,
+		Stream:  m.Stream,
+		Headers: appendForwarded(rc.headers[:0], &ctx.Request.Header),
+		Started: started,
+		Refresh: w.refresh,
 	}
-	route := c.route.name
+	rc.urgent = auth.SpendLimited(c.key)
 	c.async = true
 	w.inflight.Add(1)
 	w.m.inflight.Add(1)
-	if req.Stream {
+	if rc.req.Stream {
 		w.m.streams.Add(1)
 	}
-	var once atomic.Bool
-	urgent := auth.SpendLimited(c.key)
-	done := func(o *relay.Outcome) {
-		if once.CompareAndSwap(false, true) {
-			adm.release()
-			w.finish(route, req, sel, o, urgent)
-		}
-	}
-	c.relayDone = func(status int) { done(&relay.Outcome{Status: status}) }
-	w.relay.Serve(ctx, req, cands, done)
+	c.relay = rc
+	w.relay.Serve(ctx, &rc.req, cands, rc.done)
+	// The client's body is fasthttp's, reused once the response is written; a stream still being
+	// written must not reach it (nothing does: this makes sure).
+	rc.req.Body, rc.req.Query = nil, nil
 }
 
-// ownedBody returns copies of the request body and query string, which the relay may use after
-// the handler returned, in one allocation. Neither has room to grow into the other.
-func ownedBody(ctx *fasthttp.RequestCtx) (body, query []byte) {
-	b, q := ctx.PostBody(), ctx.URI().QueryString()
-	if len(b)+len(q) == 0 {
-		return nil, nil
+// relayCall is one request the relay has taken: the Request, its candidates and what done needs,
+// in one allocation. It is created per request and lives until done; done may run on the stream
+// writer's goroutine, everything else on the handler's.
+type relayCall struct {
+	w   *Worker
+	adm *admission
+	req relay.Request
+	sel sched.Selection
+	// route is the route's metric label; urgent sends the usage record at once (keys whose caps
+	// it settles).
+	route  string
+	urgent bool
+	once   atomic.Bool
+	// headers has room for the client headers Claude Code sends that forwardName allows (up to
+	// 16; more spill to the heap).
+	headers [16]relay.Header
+}
+
+// done is the relay's completion callback: it runs finish once, whichever of the relay and a
+// handler panic (recoverPanic) calls it first.
+func (rc *relayCall) done(o *relay.Outcome) {
+	if rc.once.CompareAndSwap(false, true) {
+		rc.adm.release()
+		rc.w.finish(rc.route, &rc.req, &rc.sel, o, rc.urgent)
 	}
-	buf := make([]byte, len(b)+len(q))
-	n := copy(buf, b)
-	copy(buf[n:], q)
-	body, query = buf[:n:n], buf[n:]
-	if len(b) == 0 {
-		body = nil
+}
+
+// endpoint returns the request path as a string for usage records: the route table's own string
+// when the path is one of its keys as it is (no allocation), a copy otherwise.
+func (w *Worker) endpoint(path []byte) string {
+	if p, ok := w.paths[string(path)]; ok {
+		return p
 	}
-	if len(q) == 0 {
-		query = nil
-	}
-	return body, query
+	return string(path)
 }
 
 // finish runs once per relayed request, when the response is complete (possibly on the stream
@@ -271,60 +285,82 @@ func fillUsage(u *crsv1.UsageRecord, req *relay.Request, o *relay.Outcome) {
 	u.Stream = u.Stream || req.Stream
 }
 
-// forwardHeaders is the client header allow-list of reference §1.3.1 (src/utils/headerFilter.js
-// filterForClaude), lowercase, without the hop-by-hop "connection". Everything else, the client's
-// x-api-key and authorization first of all, stays in the worker. Each name maps to itself, so that
-// forwardedHeaders reuses these strings instead of allocating names.
-var forwardHeaders = func() map[string]string {
-	m := map[string]string{}
-	for _, h := range []string{
-		"accept", "accept-language", "anthropic-beta", "anthropic-version",
-		"anthropic-dangerous-direct-browser-access", "content-type", "sec-fetch-mode",
-		"user-agent", "x-app",
-		"x-stainless-arch", "x-stainless-helper-method", "x-stainless-lang", "x-stainless-os",
-		"x-stainless-package-version", "x-stainless-retry-count", "x-stainless-runtime",
-		"x-stainless-runtime-version", "x-stainless-timeout",
-	} {
-		m[h] = h
+// forwardName returns the allow-listed name (lowercase) of a client header, "" for a header that
+// stays in the worker. The allow-list is reference §1.3.1 (src/utils/headerFilter.js
+// filterForClaude), without the hop-by-hop "connection": everything else, the client's x-api-key
+// and authorization first of all, stays in the worker. The names are constants, so the forwarded
+// headers reuse them instead of allocating names.
+//
+// key is as fasthttp's server holds it: in canonical form (Anthropic-Version), which it gives
+// every valid name it reads (Server.DisableHeaderNamesNormalizing is off), so no case folding is
+// needed here. A name it leaves as sent is not a valid token, and none of these.
+func forwardName(key []byte) string {
+	switch string(key) {
+	case "Accept":
+		return "accept"
+	case "Accept-Language":
+		return "accept-language"
+	case "Anthropic-Beta":
+		return "anthropic-beta"
+	case "Anthropic-Version":
+		return "anthropic-version"
+	case "Anthropic-Dangerous-Direct-Browser-Access":
+		return "anthropic-dangerous-direct-browser-access"
+	case "Content-Type":
+		return "content-type"
+	case "Sec-Fetch-Mode":
+		return "sec-fetch-mode"
+	case "User-Agent":
+		return "user-agent"
+	case "X-App":
+		return "x-app"
+	case "X-Stainless-Arch":
+		return "x-stainless-arch"
+	case "X-Stainless-Helper-Method":
+		return "x-stainless-helper-method"
+	case "X-Stainless-Lang":
+		return "x-stainless-lang"
+	case "X-Stainless-Os":
+		return "x-stainless-os"
+	case "X-Stainless-Package-Version":
+		return "x-stainless-package-version"
+	case "X-Stainless-Retry-Count":
+		return "x-stainless-retry-count"
+	case "X-Stainless-Runtime":
+		return "x-stainless-runtime"
+	case "X-Stainless-Runtime-Version":
+		return "x-stainless-runtime-version"
+	case "X-Stainless-Timeout":
+		return "x-stainless-timeout"
 	}
-	return m
-}()
+	return ""
+}
 
-// forwardedHeaders copies the allow-listed client headers, with lowercase names. The values are
-// copied into one string that they share (two allocations per request, not one per header).
-func forwardedHeaders(h *fasthttp.RequestHeader) []relay.Header {
+// appendForwarded appends the allow-listed client headers to dst, with lowercase names. The
+// values are copied into one string that they share: one allocation per request, and none for
+// the headers while dst has room.
+func appendForwarded(dst []relay.Header, h *fasthttp.RequestHeader) []relay.Header {
 	type span struct {
 		name       string
 		start, end int
 	}
 	var (
-		arr    [24]span
-		found  = arr[:0]
-		values = make([]byte, 0, 512)
-		buf    [64]byte
+		spanArr  [24]span
+		found    = spanArr[:0]
+		valueArr [1024]byte // Claude Code sends a few hundred bytes; more spill to the heap
+		values   = valueArr[:0]
 	)
 	for k, v := range h.All() {
-		if len(k) > len(buf) {
-			continue
-		}
-		lk := buf[:len(k)]
-		for i, ch := range k {
-			if 'A' <= ch && ch <= 'Z' {
-				ch += 'a' - 'A'
-			}
-			lk[i] = ch
-		}
-		name, ok := forwardHeaders[string(lk)]
-		if !ok {
+		name := forwardName(k)
+		if name == "" {
 			continue
 		}
 		found = append(found, span{name, len(values), len(values) + len(v)})
 		values = append(values, v...)
 	}
 	all := string(values)
-	out := make([]relay.Header, len(found))
-	for i, f := range found {
-		out[i] = relay.Header{Name: f.name, Value: all[f.start:f.end]}
+	for _, f := range found {
+		dst = append(dst, relay.Header{Name: f.name, Value: all[f.start:f.end]})
 	}
-	return out
+	return dst
 }

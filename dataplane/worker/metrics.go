@@ -27,9 +27,14 @@ type workerMetrics struct {
 
 	inputTokens, outputTokens, cacheCreateTokens, cacheReadTokens *metrics.Counter
 
+	panics *metrics.Counter
+
+	// Written by every request, each on a cache line of its own (see Worker.idSeq).
+	_        cacheLinePad
 	streams  atomic.Int64 // stream requests being relayed
+	_        cacheLinePad
 	inflight atomic.Int64 // requests being relayed
-	panics   *metrics.Counter
+	_        cacheLinePad
 }
 
 type requestLabels struct {

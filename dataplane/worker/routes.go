@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/crsrelay/crs/dataplane/auth"
+	"github.com/crsrelay/crs/dataplane/relay"
 	"github.com/crsrelay/crs/dataplane/snapshot"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
 )
@@ -39,8 +40,10 @@ type call struct {
 	key   *crsv1.ApiKey
 	// async is set when the relay took the request: done records the metrics.
 	async bool
-	// relayDone, once the relay has the request, reports a missing Outcome if the handler panics.
+	// relayDone releases what admission holds if the handler panics before the relay has the
+	// request; relay, once the relay has it, reports a missing Outcome instead.
 	relayDone func(status int)
+	relay     *relayCall
 }
 
 // route is one entry of the route table.
@@ -86,6 +89,10 @@ func (w *Worker) buildRoutes() map[string]*route {
 		t[mount+"/v1/me"] = me
 		t[mount+"/health"] = health
 	}
+	w.paths = make(map[string]string, len(t))
+	for p := range t {
+		w.paths[p] = p
+	}
 	return t
 }
 
@@ -117,7 +124,7 @@ func (w *Worker) lookup(path []byte) *route {
 // handle is the fasthttp handler: request id, routing, authentication, then the route.
 func (w *Worker) handle(ctx *fasthttp.RequestCtx) {
 	c := call{id: w.newRequestID()}
-	ctx.Response.Header.Set("X-Request-ID", c.id)
+	ctx.Response.Header.SetCanonical(headerRequestID, []byte(c.id))
 	defer w.recoverPanic(ctx, &c)
 
 	r := w.lookup(ctx.Path())
@@ -136,6 +143,10 @@ func (w *Worker) handle(ctx *fasthttp.RequestCtx) {
 		w.m.request(r.name, ctx.Response.StatusCode(), "")
 	}
 }
+
+// headerRequestID is X-Request-ID in the form fasthttp writes it, set as it is (SetCanonical) to
+// spare normalizing the name on every request.
+var headerRequestID = []byte("X-Request-Id")
 
 func (r *route) allows(ctx *fasthttp.RequestCtx) bool {
 	if r.post {
@@ -162,7 +173,7 @@ func (w *Worker) authenticate(ctx *fasthttp.RequestCtx, c *call) bool {
 		writeJSON(ctx, fasthttp.StatusServiceUnavailable, body)
 		return false
 	}
-	now := w.now()
+	now := w.requestNow(ctx)
 	key, err := w.auth.Authenticate(st, auth.ExtractKey(&ctx.Request), now)
 	if err != nil {
 		w.reject(ctx, c, err)
@@ -238,7 +249,10 @@ func (w *Worker) recoverPanic(ctx *fasthttp.RequestCtx, c *call) {
 	w.m.panics.Inc()
 	w.log.Error("handler panic", zap.String("request_id", c.id), zap.Any("panic", p),
 		zap.ByteString("stack", debug.Stack()))
-	if c.relayDone != nil {
+	switch {
+	case c.relay != nil:
+		c.relay.done(&relay.Outcome{Status: fasthttp.StatusInternalServerError})
+	case c.relayDone != nil:
 		c.relayDone(fasthttp.StatusInternalServerError)
 	}
 	ctx.Response.Reset()

@@ -73,7 +73,8 @@ type Options struct {
 	// timeout: it would cut long streams (the relay bounds upstream idleness instead).
 	ReadTimeout time.Duration
 	// IdleTimeout closes keep-alive connections idle that long. Default 605s (the reference's
-	// keepAliveTimeout).
+	// keepAliveTimeout). Either timeout may end a wait up to 1/64 of the shorter one early (read
+	// deadlines are moved only when that much is at stake; conn.go).
 	IdleTimeout time.Duration
 	// ShutdownTimeout bounds how long Run waits for requests and streams in progress after its
 	// context ended. Default 30s. The report flush has its own bound (fleetclient FlushTimeout).
@@ -109,20 +110,36 @@ type Worker struct {
 	adm    *admissions
 	srv    *fasthttp.Server
 	routes map[string]*route
-	m      *workerMetrics
-	now    func() time.Time
+	// paths maps each route path to itself, so that a request's path becomes a string without a
+	// copy (endpoint).
+	paths map[string]string
+	m     *workerMetrics
+	now   func() time.Time
+	// realClock is set when now is time.Now (Options.Now unset): a request is then judged at the
+	// time fasthttp read it, without reading the clock again (requestNow).
+	realClock bool
 
 	idPrefix string
-	idSeq    atomic.Uint64
 
 	// refresh renews credentials refused with 401 (refresh.go); nil without a fleet client.
 	refresh relay.Refresher
 
-	// inflight counts requests handed to the relay whose done was not called yet.
-	inflight   sync.WaitGroup
 	limitLabel string
 	bodyLimit  []byte
+
+	// Written by every request, so each on a cache line of its own: their writes would otherwise
+	// evict the read-mostly fields above from the other cores' caches (false sharing).
+	_     cacheLinePad
+	idSeq atomic.Uint64
+	_     cacheLinePad
+	// inflight counts requests handed to the relay whose done was not called yet.
+	inflight sync.WaitGroup
+	_        cacheLinePad
 }
+
+// cacheLinePad separates fields that different cores write from the ones around them (64 bytes:
+// the cache line of the CPUs the worker runs on).
+type cacheLinePad [64]byte
 
 // New returns a Worker. It does not listen: Run does.
 func New(opts Options) *Worker {
@@ -150,7 +167,8 @@ func New(opts Options) *Worker {
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.NewSet()
 	}
-	if opts.Now == nil {
+	realClock := opts.Now == nil
+	if realClock {
 		opts.Now = time.Now
 	}
 	if opts.RefreshWait == 0 {
@@ -164,6 +182,8 @@ func New(opts Options) *Worker {
 		sched:  opts.Scheduler,
 		policy: auth.NewPolicy(auth.PolicyOptions{TZOffsetHours: opts.TimezoneOffsetHours}),
 		now:    opts.Now,
+
+		realClock: realClock,
 	}
 	w.adm = newAdmissions(opts, opts.Logger)
 	if w.fleet != nil && opts.RefreshWait > 0 {
@@ -220,7 +240,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		_ = w.fleet.Run(fleetCtx)
 	}()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- w.srv.Serve(ln) }()
+	go func() { serveErr <- w.srv.Serve(deadlineListener{Listener: ln, slack: w.deadlineSlack()}) }()
 	w.log.Info("worker listening", zap.String("addr", ln.Addr().String()),
 		zap.String("worker_id", w.fleet.WorkerID()))
 
@@ -255,6 +275,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	return runErr
 }
 
+// deadlineSlack is how much earlier than asked a client connection's read deadline may fall
+// (lazyDeadlineConn): 1/64 of the shorter of the read and idle timeouts (under a second with the
+// defaults).
+func (w *Worker) deadlineSlack() time.Duration {
+	return min(w.opts.ReadTimeout, w.opts.IdleTimeout) / 64
+}
+
 // waitGroup waits for wg or ctx; it reports whether wg finished.
 func waitGroup(ctx context.Context, wg *sync.WaitGroup) bool {
 	done := make(chan struct{})
@@ -268,6 +295,15 @@ func waitGroup(ctx context.Context, wg *sync.WaitGroup) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// requestNow is the time a request is judged at (key expiry, limit windows, account states): when
+// fasthttp read it, or with an injected clock (tests), that clock's time.
+func (w *Worker) requestNow(ctx *fasthttp.RequestCtx) time.Time {
+	if w.realClock {
+		return ctx.Time()
+	}
+	return w.now()
 }
 
 // newRequestID returns a request id unique across workers: a random per-process prefix and a

@@ -57,6 +57,8 @@ type envOpts struct {
 	flushWindow time.Duration
 	// quiet logs nothing (benchmarks), instead of everything to the test log.
 	quiet bool
+	// readTimeout and idleTimeout are the worker's (zero: its defaults).
+	readTimeout, idleTimeout time.Duration
 }
 
 func startEnv(t testing.TB, o envOpts) *env {
@@ -99,6 +101,8 @@ func startEnv(t testing.TB, o envOpts) *env {
 		MaxBodySize:     maxBodyBytes,
 		ShutdownTimeout: 5 * time.Second,
 		Version:         "1.2.3",
+		ReadTimeout:     o.readTimeout,
+		IdleTimeout:     o.idleTimeout,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
@@ -501,16 +505,22 @@ func TestShutdownFlushesReports(t *testing.T) {
 	require.Equal(t, int64(7), recs[0].GetInputTokens())
 }
 
-// fakeRelay answers 200 synchronously, or panics.
+// fakeRelay answers 200 synchronously, or panics. reqs are copies taken during Serve (Body and
+// Query are valid only then); handed are the Requests as the worker handed them over.
 type fakeRelay struct {
-	mu    sync.Mutex
-	reqs  []*relay.Request
-	panic bool
+	mu     sync.Mutex
+	reqs   []*relay.Request
+	handed []*relay.Request
+	panic  bool
 }
 
 func (f *fakeRelay) Serve(ctx *fasthttp.RequestCtx, req *relay.Request, cands relay.Candidates, done func(*relay.Outcome)) {
+	cp := *req
+	cp.Body = append([]byte(nil), req.Body...)
+	cp.Query = append([]byte(nil), req.Query...)
 	f.mu.Lock()
-	f.reqs = append(f.reqs, req)
+	f.reqs = append(f.reqs, &cp)
+	f.handed = append(f.handed, req)
 	f.mu.Unlock()
 	if f.panic {
 		panic("boom")
@@ -540,6 +550,8 @@ func TestRequestHandedToRelay(t *testing.T) {
 	require.Equal(t, "claude-sonnet-4-5-20250929", req.Model)
 	require.True(t, req.Stream)
 	require.JSONEq(t, string(messagesBody(true, "")), string(req.Body))
+	require.Nil(t, fr.handed[0].Body, "the client's body, fasthttp's memory, is not reachable after Serve")
+	require.Nil(t, fr.handed[0].Query)
 	names := map[string]string{}
 	for _, h := range req.Headers {
 		names[h.Name] = h.Value

@@ -16,3 +16,13 @@ func TestSkippedEventsDoNotAllocate(t *testing.T) {
 		require.Zero(t, testing.AllocsPerRun(100, func() { r.Event(b) }), "%q", ev)
 	}
 }
+
+// Reading the usage of a non-stream answer that names the model asked does not allocate: the
+// model string is the one Build returned.
+func TestBodyUsageAllocations(t *testing.T) {
+	body := []byte(bodyMessage)
+	u, ok := Console{}.BodyUsage(body, "claude-sonnet-4-20250514")
+	require.True(t, ok)
+	require.Equal(t, int64(17), u.OutputTokens)
+	require.Zero(t, testing.AllocsPerRun(100, func() { Console{}.BodyUsage(body, "claude-sonnet-4-20250514") }))
+}

@@ -1,7 +1,10 @@
 package claude
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/crsrelay/crs/dataplane/relay/platform"
@@ -270,5 +273,186 @@ func FuzzSpliceModel(f *testing.F) {
 			before["model"] = after["model"]
 		}
 		require.Equal(t, before, after)
+	})
+}
+
+// benchRequest is what the worker hands over for a Claude Code request (crs-bench's headers).
+func benchRequest() *platform.Request {
+	return &platform.Request{
+		Op: platform.OpMessages, Model: "claude-sonnet-4-20250514", Query: []byte("beta=true"),
+		Body: []byte(`{"model":"claude-sonnet-4-20250514","max_tokens":32000,"messages":[{"role":"user","content":"hi"}]}`),
+		Headers: []platform.Header{
+			{Name: "content-type", Value: "application/json"},
+			{Name: "user-agent", Value: "claude-cli/1.0.69 (external, cli)"},
+			{Name: "accept", Value: "application/json"},
+			{Name: "anthropic-version", Value: "2023-06-01"},
+			{Name: "anthropic-beta", Value: "claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14"},
+			{Name: "x-app", Value: "cli"},
+			{Name: "x-stainless-lang", Value: "js"},
+			{Name: "x-stainless-package-version", Value: "0.55.1"},
+			{Name: "x-stainless-runtime", Value: "node"},
+		},
+	}
+}
+
+// BenchmarkBuild is writing the upstream request of one attempt, and the client's reading of its
+// URI (fasthttp's Client.Do parses it to find the host unless it was set parsed).
+func BenchmarkBuild(b *testing.B) {
+	for _, tt := range []struct {
+		name string
+		up   platform.Upstream
+		acct *crsv1.Account
+	}{
+		{"console", Console{URIs: &URICache{}}, consoleAccount("http://127.0.0.1:8080", "sk-ant-bench", "", nil)},
+		{"console-bearer", Console{URIs: &URICache{}}, consoleAccount("http://127.0.0.1:8080/", "cr_bench", "", nil)},
+		{"console-no-cache", Console{}, consoleAccount("http://127.0.0.1:8080", "sk-ant-bench", "", nil)},
+		{"official", &Official{URIs: &URICache{}}, officialAccount("", nil)},
+	} {
+		b.Run(tt.name, func(b *testing.B) {
+			req := benchRequest()
+			out := fasthttp.AcquireRequest()
+			defer fasthttp.ReleaseRequest(out)
+			b.ReportAllocs()
+			for b.Loop() {
+				out.Reset()
+				if _, err := tt.up.Build(tt.acct, req, out); err != nil {
+					b.Fatal(err)
+				}
+				if len(out.URI().Host()) == 0 {
+					b.Fatal("no host")
+				}
+			}
+		})
+	}
+}
+
+// mergeBetasReference is the string-building merge appendMergedBetas replaced: the oracle.
+func mergeBetasReference(base, client string) string {
+	if client == "" {
+		return base
+	}
+	var b strings.Builder
+	b.WriteString(base)
+	seen := func(v string) bool {
+		for s := b.String(); s != ""; {
+			var item string
+			item, s, _ = strings.Cut(s, ",")
+			if item == v {
+				return true
+			}
+		}
+		return false
+	}
+	for rest := client; rest != ""; {
+		var v string
+		v, rest, _ = strings.Cut(rest, ",")
+		v = strings.TrimSpace(v)
+		if v == "" || seen(v) {
+			continue
+		}
+		b.WriteByte(',')
+		b.WriteString(v)
+	}
+	return b.String()
+}
+
+func FuzzMergeBetas(f *testing.F) {
+	f.Add(betasDefault, "oauth-2025-04-20, files-api-2025-04-14,,files-api-2025-04-14 ,x")
+	f.Add("a", "")
+	f.Add("a,b", " a ,\tb,c,c, ,")
+	f.Fuzz(func(t *testing.T, base, client string) {
+		want := mergeBetasReference(base, client)
+		if got := string(appendMergedBetas(nil, base, client)); got != want {
+			t.Fatalf("merge(%q, %q) = %q, reference %q", base, client, got, want)
+		}
+	})
+}
+
+// The upstream request is pinned byte for byte: header names, their order and the body.
+func TestBuildWire(t *testing.T) {
+	req := clientRequest("claude-sonnet-4-5", platform.Header{Name: "anthropic-beta", Value: "a,b"},
+		platform.Header{Name: "anthropic-version", Value: "2023-06-01"}, platform.Header{Name: "user-agent", Value: "claude-cli/1"},
+		platform.Header{Name: "accept", Value: "application/json"})
+	const body = `{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[{"role":"user","content":"hi"}],"stream":true}`
+	const common = "Content-Type: application/json\r\nContent-Length: 103\r\nX-Stainless-Lang: js\r\nX-App: cli\r\n" +
+		"X-Claude-Code-Session-Id: sess-1\r\nAccept-Encoding: identity\r\nAnthropic-Version: 2023-06-01\r\nAccept: application/json\r\n"
+	tests := []struct {
+		name string
+		up   platform.Upstream
+		acct *crsv1.Account
+		want string
+	}{
+		{"console sk-ant key", Console{}, consoleAccount("https://c.example/api/", "sk-ant-api03-abc", "", nil),
+			"POST /api/v1/messages?beta=true HTTP/1.1\r\nUser-Agent: claude-cli/1\r\nHost: c.example\r\n" + common +
+				"X-Api-Key: sk-ant-api03-abc\r\nAnthropic-Beta: a,b\r\n\r\n" + body},
+		{"console other key", Console{}, consoleAccount("https://c.example/api/", "other", "ua", nil),
+			"POST /api/v1/messages?beta=true HTTP/1.1\r\nUser-Agent: ua\r\nHost: c.example\r\n" + common +
+				"Authorization: Bearer other\r\nAnthropic-Beta: a,b\r\n\r\n" + body},
+		{"official", &Official{}, officialAccount("", nil),
+			"POST /v1/messages?beta=true HTTP/1.1\r\nUser-Agent: claude-cli/1\r\nHost: api.anthropic.com\r\n" + common +
+				"Authorization: Bearer sk-ant-oat01-secret\r\nAnthropic-Beta: " + betasDefault + ",a,b\r\n\r\n" + body},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, _ := build(t, tt.up, tt.acct, req)
+			require.Equal(t, tt.want, out.String())
+		})
+		t.Run(tt.name+" with a URI cache", func(t *testing.T) {
+			up := tt.up
+			uris := &URICache{}
+			switch u := up.(type) {
+			case Console:
+				u.URIs = uris
+				up = u
+			case *Official:
+				up = &Official{BaseURL: u.BaseURL, URIs: uris}
+			}
+			for range 2 { // fills the cache, then reads it
+				out, _ := build(t, up, tt.acct, req)
+				require.Equal(t, tt.want, out.String())
+			}
+		})
+	}
+}
+
+// wire is req as the upstream client writes it (the client reads the URI with path normalizing
+// off), or the error it gets.
+func wire(req *fasthttp.Request) string {
+	req.URI().DisablePathNormalizing = true
+	var b bytes.Buffer
+	w := bufio.NewWriter(&b)
+	if err := req.Write(w); err != nil {
+		return "error: " + err.Error()
+	}
+	_ = w.Flush()
+	return b.String()
+}
+
+// FuzzURICache pins a cached URI to parsing the URL string: the request written upstream is the
+// same, the first time (the cache fills) and the next (it reads the cache), whatever the base URL
+// and the client's query (which never holds '#': fasthttp's server splits the fragment off).
+func FuzzURICache(f *testing.F) {
+	for _, base := range []string{"https://c.example/api", "http://127.0.0.1:8080", "https://u:p@h.example/x",
+		"https://h/x?y=1", "https://h/a#f", "https://H.Example/%41b/", "https://h/a/../b", "", "h/x", "https://h:99999"} {
+		f.Add(base, "beta=true")
+		f.Add(base, "")
+	}
+	f.Fuzz(func(t *testing.T, base, query string) {
+		if strings.ContainsRune(query, '#') {
+			return
+		}
+		var plain fasthttp.Request
+		plain.Header.SetMethod(fasthttp.MethodPost)
+		setURI(&plain, nil, base, pathMessages, []byte(query))
+		want := wire(&plain)
+		c := &URICache{}
+		for i := range 2 {
+			var cached fasthttp.Request
+			cached.Header.SetMethod(fasthttp.MethodPost)
+			setURI(&cached, c, base, pathMessages, []byte(query))
+			if got := wire(&cached); got != want {
+				t.Fatalf("base %q query %q (call %d): cached %q, parsed %q", base, query, i+1, got, want)
+			}
+		}
 	})
 }

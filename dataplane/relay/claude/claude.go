@@ -114,18 +114,6 @@ func setCommon(out *fasthttp.Request, ch clientHeaders, userAgent string) {
 	out.Header.SetUserAgent(userAgent)
 }
 
-// setURI sets out's URI to base + path + ("?" + query).
-func setURI(out *fasthttp.Request, base, path string, query []byte) {
-	var arr [256]byte
-	b := append(arr[:0], base...)
-	b = append(b, path...)
-	if len(query) > 0 {
-		b = append(b, '?')
-		b = append(b, query...)
-	}
-	out.SetRequestURIBytes(b)
-}
-
 func opPath(op string) string {
 	if op == platform.OpCountTokens {
 		return pathCountTokens

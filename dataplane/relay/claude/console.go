@@ -10,8 +10,11 @@ import (
 )
 
 // Console is the upstream of claude-console accounts: an Anthropic-compatible URL and API key of a
-// third party (reference §1.3.3). It is stateless and safe for concurrent use.
-type Console struct{}
+// third party (reference §1.3.3). It keeps no per-request state and is safe for concurrent use.
+type Console struct {
+	// URIs caches parsed upstream URIs; nil parses them on every request.
+	URIs *URICache
+}
 
 var _ platform.Upstream = (*Console)(nil)
 
@@ -19,7 +22,7 @@ var _ platform.Upstream = (*Console)(nil)
 // appended unless it ends with it; /v1/messages/count_tokens for token counts) plus the client's
 // query. A key starting with "sk-ant-" goes in x-api-key, any other as authorization: Bearer. The
 // User-Agent is the account's, else the client's, else DefaultUserAgent.
-func (Console) Build(acct *crsv1.Account, req *platform.Request, out *fasthttp.Request) (string, error) {
+func (c Console) Build(acct *crsv1.Account, req *platform.Request, out *fasthttp.Request) (string, error) {
 	key := acct.GetApiKey().GetApiKey()
 	if key == "" {
 		return "", fmt.Errorf("build claude-console request: %w", ErrNoCredential)
@@ -31,7 +34,7 @@ func (Console) Build(acct *crsv1.Account, req *platform.Request, out *fasthttp.R
 	base = strings.TrimSuffix(base, pathMessages)
 	model, body := mapModel(acct, req)
 
-	setURI(out, base, opPath(req.Op), req.Query)
+	setURI(out, c.URIs, base, opPath(req.Op), req.Query)
 	ch := copyHeaders(req, out)
 	setCommon(out, ch, or(acct.GetUserAgent(), or(ch.userAgent, DefaultUserAgent)))
 	if strings.HasPrefix(key, "sk-ant-") {
@@ -53,6 +56,13 @@ func (Console) Classify(status int, h *fasthttp.ResponseHeader, body []byte, mod
 
 // NewUsage implements [platform.Upstream.NewUsage].
 func (Console) NewUsage() platform.UsageReader { return &usageReader{} }
+
+var _ platform.BodyUsage = Console{}
+
+// BodyUsage implements [platform.BodyUsage].
+func (Console) BodyUsage(body []byte, model string) (platform.Usage, bool) {
+	return bodyUsage(body, model)
+}
 
 var _ platform.Fallback = Console{}
 

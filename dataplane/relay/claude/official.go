@@ -1,6 +1,7 @@
 package claude
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 
@@ -10,10 +11,12 @@ import (
 )
 
 // Official is the upstream of claude-official accounts: OAuth access tokens against the Anthropic
-// API (reference §1.3.1). It is stateless and safe for concurrent use.
+// API (reference §1.3.1). It keeps no per-request state and is safe for concurrent use.
 type Official struct {
 	// BaseURL is used for accounts without base_url; DefaultBaseURL if empty.
 	BaseURL string
+	// URIs caches parsed upstream URIs; nil parses them on every request.
+	URIs *URICache
 }
 
 var _ platform.Upstream = (*Official)(nil)
@@ -35,7 +38,7 @@ func (o *Official) Build(acct *crsv1.Account, req *platform.Request, out *fastht
 	base := strings.TrimRight(or(acct.GetBaseUrl(), or(o.BaseURL, DefaultBaseURL)), "/")
 	model, body := mapModel(acct, req)
 
-	setURI(out, base, opPath(req.Op), req.Query)
+	setURI(out, o.URIs, base, opPath(req.Op), req.Query)
 	ch := copyHeaders(req, out)
 	setCommon(out, ch, or(ch.userAgent, DefaultUserAgent))
 	out.Header.Set("Authorization", "Bearer "+token)
@@ -43,7 +46,8 @@ func (o *Official) Build(acct *crsv1.Account, req *platform.Request, out *fastht
 	if strings.Contains(lower(model), "haiku") {
 		betas = betasHaiku
 	}
-	out.Header.Set("Anthropic-Beta", mergeBetas(betas, ch.beta))
+	var buf [512]byte // the merged list is written here, so that it costs no allocation
+	out.Header.SetBytesV("Anthropic-Beta", appendMergedBetas(buf[:0], betas, ch.beta))
 	out.SetBodyRaw(body)
 	return model, nil
 }
@@ -56,34 +60,43 @@ func (o *Official) Classify(status int, h *fasthttp.ResponseHeader, body []byte,
 // NewUsage implements [platform.Upstream.NewUsage].
 func (o *Official) NewUsage() platform.UsageReader { return &usageReader{} }
 
-// mergeBetas returns base followed by the client's betas that base lacks, each once, in order.
-func mergeBetas(base, client string) string {
-	if client == "" {
-		return base
-	}
-	var b strings.Builder
-	b.Grow(len(base) + 1 + len(client))
-	b.WriteString(base)
-	seen := func(v string) bool {
-		s := b.String()
-		for s != "" {
-			var item string
-			item, s, _ = strings.Cut(s, ",")
-			if item == v {
-				return true
-			}
-		}
-		return false
-	}
+var _ platform.BodyUsage = (*Official)(nil)
+
+// BodyUsage implements [platform.BodyUsage].
+func (o *Official) BodyUsage(body []byte, model string) (platform.Usage, bool) {
+	return bodyUsage(body, model)
+}
+
+// appendMergedBetas appends base followed by the client's betas that base lacks, each once, in
+// order, to dst.
+func appendMergedBetas(dst []byte, base, client string) []byte {
+	start := len(dst)
+	dst = append(dst, base...)
 	for rest := client; rest != ""; {
 		var v string
 		v, rest, _ = strings.Cut(rest, ",")
 		v = strings.TrimSpace(v)
-		if v == "" || seen(v) {
+		if v == "" || hasItem(dst[start:], v) {
 			continue
 		}
-		b.WriteByte(',')
-		b.WriteString(v)
+		dst = append(dst, ',')
+		dst = append(dst, v...)
 	}
-	return b.String()
+	return dst
+}
+
+// hasItem reports whether the comma-separated list holds v as one of its items.
+func hasItem(list []byte, v string) bool {
+	for len(list) > 0 {
+		item := list
+		if i := bytes.IndexByte(list, ','); i >= 0 {
+			item, list = list[:i], list[i+1:]
+		} else {
+			list = nil
+		}
+		if string(item) == v {
+			return true
+		}
+	}
+	return false
 }

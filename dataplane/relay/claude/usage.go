@@ -91,13 +91,25 @@ func (r *usageReader) Event(ev []byte) {
 
 // Body implements [platform.UsageReader.Body]: the usage object of a non-stream message.
 func (r *usageReader) Body(body []byte) {
+	if u, ok := bodyUsage(body, ""); ok {
+		r.u, r.seen = u, true
+	}
+}
+
+// bodyUsage reads the usage object of a non-stream message. The reported model is returned as
+// model when they are equal (no copy).
+func bodyUsage(body []byte, model string) (platform.Usage, bool) {
 	var m usageEvent
 	if !m.scan(body) && !m.decode(body) || !m.hasUsage {
-		return
+		return platform.Usage{}, false
 	}
-	r.u = toUsage(&m.usage)
-	r.u.Model = string(m.model)
-	r.seen = true
+	u := toUsage(&m.usage)
+	if string(m.model) == model {
+		u.Model = model
+	} else {
+		u.Model = string(m.model)
+	}
+	return u, true
 }
 
 // Usage implements [platform.UsageReader.Usage].

@@ -85,6 +85,16 @@ func TestBodyUsage(t *testing.T) {
 			got, ok := r.Usage()
 			require.Equal(t, tt.ok, ok)
 			require.Equal(t, tt.want, got)
+
+			// BodyUsage reads the same without a reader, whatever model was asked.
+			for _, asked := range []string{"", "claude-opus-4-1", "claude-haiku-4-5"} {
+				got, ok = Console{}.BodyUsage([]byte(tt.body), asked)
+				require.Equal(t, tt.ok, ok)
+				require.Equal(t, tt.want, got)
+				got, ok = (&Official{}).BodyUsage([]byte(tt.body), asked)
+				require.Equal(t, tt.ok, ok)
+				require.Equal(t, tt.want, got)
+			}
 		})
 	}
 }

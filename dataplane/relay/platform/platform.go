@@ -14,9 +14,11 @@ import (
 )
 
 // Request is what the worker hands to the relay (package relay names it relay.Request). It is
-// created per request and is not thread-safe. Every byte slice is owned by the Request (copied out of
-// the fasthttp.RequestCtx), so it may be used after the handler returns (stream bodies are written
-// later, after the handler has returned).
+// created per request and is not thread-safe. Its strings are owned by the Request, so they may be
+// used after the handler returns (stream bodies are written later, after the handler has
+// returned). Body and Query are not: they alias the client's request, and are read only while the
+// relay tries accounts (Relay.Serve, Upstream.Build), never once Serve has returned; the worker
+// clears them then. Copying a body of tens of kilobytes per request is what this spares.
 type Request struct {
 	// RequestID is unique per client request; it becomes the usage record's id.
 	RequestID string
@@ -26,10 +28,10 @@ type Request struct {
 	Endpoint string
 	// Op is what is asked: OpMessages or OpCountTokens.
 	Op string
-	// Body is the client's JSON body. It is never mutated (a failover attempt reuses it); an upstream
-	// that rewrites it (model mapping) works on a copy.
+	// Body is the client's JSON body, valid until Serve returns. It is never mutated (a failover
+	// attempt reuses it); an upstream that rewrites it (model mapping) works on a copy.
 	Body []byte
-	// Query is the raw query string (e.g. "beta=true"), forwarded as is.
+	// Query is the raw query string (e.g. "beta=true"), forwarded as is; valid until Serve returns.
 	Query []byte
 	// Model and Stream as read from Body.
 	Model  string
@@ -65,8 +67,8 @@ const (
 )
 
 // Upstream is one kind of upstream account (claude-official, claude-console, ...): how to build the
-// request for it and how to read its answer. Implementations are stateless and safe for concurrent
-// use; per-request state lives in what NewUsage returns.
+// request for it and how to read its answer. Implementations keep no per-request state and are
+// safe for concurrent use; per-request state lives in what NewUsage returns.
 type Upstream interface {
 	// Build writes the upstream request for acct into out (method, URI, headers, body) and returns
 	// the model it asks upstream for (after model mapping). It must not modify req; out.Body may
@@ -86,6 +88,16 @@ type Fallback interface {
 	// Fallback returns the JSON body of a 200 answer to send instead of the upstream's status
 	// error, or ok=false to pass the error through.
 	Fallback(req *Request, status int) (body []byte, ok bool)
+}
+
+// BodyUsage is an optional ability of an Upstream: reading the usage of a whole non-stream body
+// without a per-response UsageReader. The relay checks for it with a type assertion; it must
+// read what NewUsage's Body and Usage would.
+type BodyUsage interface {
+	// BodyUsage returns the usage a non-stream JSON body reports; ok is false if it reports none.
+	// model is what Build returned: a reported model equal to it is returned as that very string,
+	// so that the common answer costs no allocation.
+	BodyUsage(body []byte, model string) (u Usage, ok bool)
 }
 
 // Verdict is what an upstream's error answer means for failover and for the account.
