@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -35,8 +36,21 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	workerGC()
 	log.Info("worker starting", zap.String("addr", workerAddr(cfg)), zap.String("control", cfg.Worker.ControlAddr))
 	return w.Run(ctx)
+}
+
+// workerGCPercent is the worker's GOGC unless the environment sets one. A worker's live heap is
+// small (the snapshot and requests in flight) and its garbage is per request, so the default 100
+// collects very often; 400 costs a few MiB of peak heap under load (idle RSS is unchanged) and
+// saved ~3.5% CPU per request in paired crs-bench runs.
+const workerGCPercent = 400
+
+func workerGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(workerGCPercent)
+	}
 }
 
 // workerFleetToken is security.fleet_token, or the token the control plane wrote into the data

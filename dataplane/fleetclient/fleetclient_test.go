@@ -198,6 +198,22 @@ func TestReportUsageNowSkipsTheBatchWait(t *testing.T) {
 	require.Equal(t, "urgent", got[1].GetRequestId())
 }
 
+// Urgent records keep leaving promptly window after window: the first of a window wakes the
+// sender, the window's others share its batch, and the next window starts afresh.
+func TestReportUsageNowWindows(t *testing.T) {
+	h := start(t, Options{BatchSize: 500, BatchInterval: time.Hour})
+	time.Sleep(200 * time.Millisecond) // the Report stream is up
+	for round := range 5 {
+		began := time.Now()
+		for i := range 3 {
+			h.c.ReportUsageNow(record(fmt.Sprintf("u%d-%d", round, i)))
+		}
+		want := 3 * (round + 1)
+		require.Eventually(t, func() bool { return len(h.srv.Records()) == want }, 2*time.Second, time.Millisecond, "round %d", round)
+		require.Less(t, time.Since(began), 500*time.Millisecond, "round %d waited for the interval", round)
+	}
+}
+
 // An event the control plane must act on at once (a 401 whose request waits for the refreshed
 // credential) does not wait for the batch interval either.
 func TestReportEventNowSkipsTheBatchWait(t *testing.T) {
