@@ -279,6 +279,12 @@ func (a *Admitter) releaseNow(ids []string) {
 		return
 	}
 	a.releases.Add(len(ids))
+	a.sendReleases(s, ids)
+}
+
+// sendReleases sends ids on s in messages of at most maxLeaseIDsPerMessage; when the stream
+// fails, what was not sent is queued for the next one.
+func (a *Admitter) sendReleases(s *admitStream, ids []string) {
 	for len(ids) > 0 {
 		n := min(len(ids), maxLeaseIDsPerMessage)
 		req := &crsv1.AdmitRequest{Op: &crsv1.AdmitRequest_Release{Release: &crsv1.LeaseRelease{LeaseIds: ids[:n]}}}
@@ -605,17 +611,7 @@ func (a *Admitter) setUp(s *admitStream) {
 	queued := a.pending
 	a.pending = nil
 	a.mu.Unlock()
-	for len(queued) > 0 {
-		n := min(len(queued), maxLeaseIDsPerMessage)
-		req := &crsv1.AdmitRequest{Op: &crsv1.AdmitRequest_Release{Release: &crsv1.LeaseRelease{LeaseIds: queued[:n]}}}
-		if err := a.sendInternal(s, req, nil); err != nil {
-			a.mu.Lock()
-			a.queueReleasesLocked(queued)
-			a.mu.Unlock()
-			break
-		}
-		queued = queued[n:]
-	}
+	a.sendReleases(s, queued)
 	a.renewHeld()
 }
 
