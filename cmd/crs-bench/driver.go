@@ -23,10 +23,13 @@ import (
 
 // options are crs-bench's flags.
 type options struct {
-	crsBin, mockBin     string
-	mockAddr            string
-	concurrency         int
-	duration, warmup    time.Duration
+	crsBin, mockBin  string
+	mockAddr         string
+	concurrency      int
+	duration, warmup time.Duration
+	// rounds repeats each mode's runs, alternating targets (direct, relay, direct, relay, ...), and
+	// sums them per target, so a slow spell of a shared machine lands on both sides of the ratio.
+	rounds              int
 	deltas              int
 	eventDelay          time.Duration
 	bodySize            int
@@ -61,6 +64,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.mockAddr, "mock-addr", "", "use the crs-mock already listening here instead of starting one (its -deltas and -event-delay apply)")
 	fs.IntVar(&o.concurrency, "c", 32, "concurrent connections")
 	fs.DurationVar(&o.duration, "d", 10*time.Second, "measured duration of each run")
+	fs.IntVar(&o.rounds, "rounds", 1, "runs per target and mode, alternating targets; the table sums them")
 	fs.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured warm-up before each run")
 	fs.IntVar(&o.deltas, "deltas", 20, "content_block_delta events per streamed answer")
 	fs.DurationVar(&o.eventDelay, "event-delay", 0, "mock delay between stream events")
@@ -81,8 +85,8 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if o.concurrency < 1 || o.duration <= 0 || o.deltas < 0 || o.warmup < 0 {
-		return o, errors.New("need -c >= 1, -d > 0, -deltas >= 0, -warmup >= 0")
+	if o.concurrency < 1 || o.duration <= 0 || o.deltas < 0 || o.warmup < 0 || o.rounds < 1 {
+		return o, errors.New("need -c >= 1, -d > 0, -deltas >= 0, -warmup >= 0, -rounds >= 1")
 	}
 	return o, nil
 }
@@ -163,18 +167,26 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		if stream {
 			mode = "stream"
 		}
-		for _, tgt := range targetsFor(o) {
-			t := buildTarget(o, e, tgt, stream)
-			fmt.Fprintf(stderr, "running %s %s: c=%d, %s + %s warm-up\n", mode, tgt, o.concurrency, o.duration, o.warmup)
-			before, _ := mockRequests(e.mockAddr)
-			res, err := runLoad(ctx, t, cfg)
-			if err != nil {
-				return err
-			}
-			after, _ := mockRequests(e.mockAddr)
-			rows = append(rows, runRow{mode: mode, target: tgt, res: res, upstream: after - before})
-			if e.crs != nil && e.crs.exited() {
-				return fmt.Errorf("crs exited during the %s %s run: %v%s", mode, tgt, e.crs.waitErr, e.crs.logTail())
+		first := len(rows)
+		for round := 1; round <= o.rounds; round++ {
+			for i, tgt := range targetsFor(o) {
+				t := buildTarget(o, e, tgt, stream)
+				fmt.Fprintf(stderr, "running %s %s: c=%d, %s + %s warm-up%s\n", mode, tgt, o.concurrency, o.duration, o.warmup, roundNote(round, o.rounds))
+				before, _ := mockRequests(e.mockAddr)
+				res, err := runLoad(ctx, t, cfg)
+				if err != nil {
+					return err
+				}
+				after, _ := mockRequests(e.mockAddr)
+				row := runRow{mode: mode, target: tgt, res: res, upstream: after - before}
+				if round == 1 {
+					rows = append(rows, row)
+				} else {
+					rows[first+i].add(row)
+				}
+				if e.crs != nil && e.crs.exited() {
+					return fmt.Errorf("crs exited during the %s %s run: %v%s", mode, tgt, e.crs.waitErr, e.crs.logTail())
+				}
 			}
 		}
 	}
@@ -194,6 +206,19 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 			mib(idle.rss), mib(peak), mib(after.rss), mib(after.hwm))
 	}
 	return nil
+}
+
+func roundNote(round, rounds int) string {
+	if rounds == 1 {
+		return ""
+	}
+	return fmt.Sprintf(" (round %d of %d)", round, rounds)
+}
+
+// add sums another round of the same mode and target into r.
+func (r *runRow) add(o runRow) {
+	r.upstream += o.upstream
+	r.res.merge(o.res)
 }
 
 // targetsFor lists the targets of each mode, in run order.
@@ -460,8 +485,8 @@ func mockRequests(addr string) (int64, error) {
 
 // report prints the results table and the relay/direct comparison.
 func report(w io.Writer, o options, rows []runRow) {
-	fmt.Fprintf(w, "\ncrs-bench: c=%d d=%s warmup=%s deltas=%d event-delay=%s body=%dB GOMAXPROCS=%d NumCPU=%d\n\n",
-		o.concurrency, o.duration, o.warmup, o.deltas, o.eventDelay,
+	fmt.Fprintf(w, "\ncrs-bench: c=%d d=%s rounds=%d warmup=%s deltas=%d event-delay=%s body=%dB GOMAXPROCS=%d NumCPU=%d\n\n",
+		o.concurrency, o.duration, o.rounds, o.warmup, o.deltas, o.eventDelay,
 		len(requestBody(o.modelID, true, o.bodySize)), runtime.GOMAXPROCS(0), runtime.NumCPU())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "mode\ttarget\treq/s\tp50\tp90\tp99\tttfb p50\terrors\tsent\tupstream\t")

@@ -185,6 +185,13 @@ func TestBench(t *testing.T) {
 				"stream direct", "stream relay", "stream relay-limited"},
 			wantOut: []string{"nonstream relay/direct: req/s x", "stream    relay-limited/direct", "crs worker RSS: idle "},
 		},
+		{
+			// Rounds alternate the targets and sum them: still one row per mode and target.
+			name:     "rounds",
+			args:     []string{"-crs", self, "-dev", "-crs-env", fakeCRSEnv + "=1", "-rounds", "2"},
+			wantRows: []string{"nonstream direct", "nonstream relay", "stream direct", "stream relay"},
+			wantOut:  []string{"rounds=2", "nonstream relay/direct: req/s x"},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -326,6 +333,9 @@ func TestParseOptions(t *testing.T) {
 	require.True(t, o.limited)
 	require.Equal(t, multiFlag{"A=1", "B=2"}, o.crsEnv)
 	require.Equal(t, "./bin/crs", o.crsBin)
+	require.Equal(t, 1, o.rounds)
+	_, err = parseOptions([]string{"-rounds", "0"}, io.Discard)
+	require.Error(t, err)
 	_, err = parseOptions([]string{"-c", "0"}, io.Discard)
 	require.Error(t, err)
 	_, err = parseOptions([]string{"stray"}, io.Discard)

@@ -65,6 +65,21 @@ func (r *result) rps() float64 {
 	return float64(r.ok) / r.elapsed.Seconds()
 }
 
+// merge adds another run of the same target: counts and measured time sum, latencies combine.
+func (r *result) merge(o *result) {
+	r.ok += o.ok
+	r.errors += o.errors
+	r.sent += o.sent
+	r.elapsed += o.elapsed
+	r.latencies = append(r.latencies, o.latencies...)
+	slices.Sort(r.latencies)
+	r.ttfbs = append(r.ttfbs, o.ttfbs...)
+	slices.Sort(r.ttfbs)
+	if r.firstError == "" {
+		r.firstError = o.firstError
+	}
+}
+
 // percentile returns the p-th percentile (0 < p <= 100) of sorted, nearest-rank; 0 if empty.
 func percentile(sorted []time.Duration, p float64) time.Duration {
 	if len(sorted) == 0 {

@@ -137,6 +137,22 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
+func TestResultMerge(t *testing.T) {
+	a := &result{ok: 3, errors: 1, sent: 5, elapsed: 2 * time.Second,
+		latencies: []time.Duration{1, 5, 9}, ttfbs: []time.Duration{2}}
+	b := &result{ok: 2, sent: 2, elapsed: time.Second,
+		latencies: []time.Duration{3, 7}, ttfbs: []time.Duration{1}, firstError: "status 500"}
+	a.merge(b)
+	require.Equal(t, 5, a.ok)
+	require.Equal(t, 1, a.errors)
+	require.Equal(t, 7, a.sent)
+	require.Equal(t, 3*time.Second, a.elapsed)
+	require.InDelta(t, 5.0/3, a.rps(), 1e-9, "req/s over the summed time, not an average of rates")
+	require.Equal(t, []time.Duration{1, 3, 5, 7, 9}, a.latencies, "merged and sorted for percentiles")
+	require.Equal(t, []time.Duration{1, 2}, a.ttfbs)
+	require.Equal(t, "status 500", a.firstError)
+}
+
 func TestKeepTail(t *testing.T) {
 	w := &worker{tail: make([]byte, 0, 4)}
 	for _, chunk := range []string{"ab", "c", "defgh", "i", "", "jk"} {
