@@ -181,6 +181,25 @@ func TestReportDelivered(t *testing.T) {
 	require.Contains(t, buf.String(), "crs_worker_usage_buffer_size 0")
 }
 
+// A client's raw byte in a header or model name must not stop reporting: protobuf refuses to
+// marshal invalid UTF-8, and the refused batch would be resent forever, holding back every record
+// queued after it.
+func TestReportRepairsInvalidUTF8(t *testing.T) {
+	h := start(t, Options{BatchSize: 2})
+	bad := record("r0")
+	bad.AnthropicBeta = "claude-code-20250219,\xff\xfe"
+	bad.Model = "claude-\xc3"
+	h.c.ReportUsage(bad)
+	h.c.ReportUsageNow(record("r1"))
+	h.c.ReportEvent(&crsv1.AccountEvent{AccountId: "a1", Kind: "blocked", Reason: "banned \xff"})
+	require.Eventually(t, func() bool { return len(h.srv.Records()) == 2 && len(h.srv.Events()) == 1 }, 5*time.Second, 5*time.Millisecond)
+	got := h.srv.Records()
+	require.Equal(t, "claude-code-20250219,\uFFFD", got[0].GetAnthropicBeta(), "invalid bytes become U+FFFD, valid ones stay")
+	require.Equal(t, "claude-\uFFFD", got[0].GetModel())
+	require.Equal(t, "r1", got[1].GetRequestId(), "the records after the repaired one are delivered too")
+	require.Equal(t, "banned \uFFFD", h.srv.Events()[0].GetReason())
+}
+
 // A record of a spend-limited key does not wait for the batch interval (nor for a full batch):
 // it leaves at once, taking what is pending with it.
 func TestReportUsageNowSkipsTheBatchWait(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 // It never blocks: when the buffer is full the oldest entry is dropped.
 func (c *Client) ReportUsage(r *crsv1.UsageRecord) {
 	if r != nil {
+		repairRecord(r)
 		c.add(item{rec: r})
 	}
 }
@@ -33,6 +34,7 @@ const urgentDelay = 20 * time.Millisecond
 // bounded by the requests in flight.
 func (c *Client) ReportUsageNow(r *crsv1.UsageRecord) {
 	if r != nil {
+		repairRecord(r)
 		c.addUrgent(item{rec: r})
 	}
 }
@@ -40,6 +42,7 @@ func (c *Client) ReportUsageNow(r *crsv1.UsageRecord) {
 // ReportEvent queues an account event for delivery, like ReportUsage.
 func (c *Client) ReportEvent(e *crsv1.AccountEvent) {
 	if e != nil {
+		repairEvent(e)
 		c.add(item{ev: e})
 	}
 }
@@ -49,6 +52,7 @@ func (c *Client) ReportEvent(e *crsv1.AccountEvent) {
 // pending, instead of waiting for the next batch interval.
 func (c *Client) ReportEventNow(e *crsv1.AccountEvent) {
 	if e != nil {
+		repairEvent(e)
 		c.addUrgent(item{ev: e})
 	}
 }

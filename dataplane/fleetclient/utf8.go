@@ -1,0 +1,40 @@
+package fleetclient
+
+import (
+	"strings"
+	"unicode/utf8"
+
+	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
+)
+
+// Protobuf refuses to marshal a string field that is not valid UTF-8, and a batch that cannot be
+// marshalled would be resent, and refused, forever: one client sending a raw byte in its
+// anthropic-beta header or model name would stop all usage reporting of the worker. Records and
+// events are therefore repaired when they are queued: invalid bytes become U+FFFD.
+
+// repairRecord makes r's strings valid UTF-8.
+func repairRecord(r *crsv1.UsageRecord) {
+	fix(&r.RequestId)
+	fix(&r.KeyId)
+	fix(&r.AccountId)
+	fix(&r.AccountType)
+	fix(&r.Model)
+	fix(&r.Endpoint)
+	fix(&r.AnthropicBeta)
+	fix(&r.Speed)
+}
+
+// repairEvent makes e's strings valid UTF-8 (reason quotes upstream error bodies).
+func repairEvent(e *crsv1.AccountEvent) {
+	fix(&e.AccountId)
+	fix(&e.Kind)
+	fix(&e.ModelFamily)
+	fix(&e.Reason)
+	fix(&e.RequestId)
+}
+
+func fix(s *string) {
+	if !utf8.ValidString(*s) {
+		*s = strings.ToValidUTF8(*s, "\uFFFD")
+	}
+}
