@@ -43,3 +43,23 @@ func TestBufferedBodyReusesPooledBuffers(t *testing.T) {
 	require.Equal(t, body, string(client.Body()))
 	require.Zero(t, testing.AllocsPerRun(1000, answer))
 }
+
+// Passing the upstream's headers to the client allocates nothing once the client response's
+// buffers have grown.
+func TestPassHeadersDoesNotAllocate(t *testing.T) {
+	var up fasthttp.Response
+	require.NoError(t, up.Read(bufio.NewReader(strings.NewReader(upstreamHead))))
+	var ctx fasthttp.RequestCtx
+	for name, pass := range map[string]func(){
+		"buffered": func() { passHeaders(&ctx.Response.Header, &up.Header) },
+		"stream":   func() { setStreamHeaders(&ctx); passStreamHeaders(&ctx.Response.Header, &up.Header) },
+	} {
+		run := func() {
+			ctx.Response.Header.Reset()
+			ctx.Response.Header.SetCanonical([]byte("X-Request-Id"), []byte("r1"))
+			pass()
+		}
+		run()
+		require.Zero(t, testing.AllocsPerRun(100, run), name)
+	}
+}

@@ -121,6 +121,8 @@ func (r *Relay) upstream(acct *crsv1.Account) platform.Upstream {
 // exactly once when the response is complete: before Serve returns for a buffered answer, and for a
 // stream from the goroutine fasthttp writes the response body with, after Serve returned (that is
 // also where it learns that the client left). done gets the Outcome to report; it must not keep ctx.
+// done is the relay's last use of req and cands: neither is touched after it is called, so the
+// caller may reuse them from then on (the worker recycles their memory).
 // When Serve returns, status, headers and body of ctx.Response are set; the caller must not change
 // them (a stream's body is pulled by fasthttp later, and replacing it ends the stream).
 //
@@ -300,13 +302,13 @@ func (c *call) attempt(acct *crsv1.Account, up platform.Upstream) bool {
 				fasthttp.ReleaseResponse(resp)
 				apierr.WriteJSON(c.ctx, fasthttp.StatusOK, alt)
 				c.out.Status = fasthttp.StatusOK
-				c.finish(nil, "")
+				c.finish()
 				return true
 			}
 		}
 		c.respondError(status, &resp.Header, body)
 		fasthttp.ReleaseResponse(resp)
-		c.finish(nil, "")
+		c.finish()
 		return true
 	}
 	r.log.Warn("upstream attempt failed", zap.String("request_id", req.RequestID),
@@ -360,7 +362,7 @@ func (c *call) fail() {
 		}
 		c.respondError(l.status, &h, l.body)
 	}
-	c.finish(nil, "")
+	c.finish()
 }
 
 func (c *call) writeError(e *apierr.Error) {
@@ -428,9 +430,13 @@ func setTimestamp(ts *timestamppb.Timestamp, t time.Time) {
 	ts.Nanos = int32(t.Nanosecond())
 }
 
-// finish fills the usage record (if upstream reported usage) and calls done. model is the model
-// asked upstream, used when upstream did not name one.
-func (c *call) finish(u *platform.Usage, model string) {
+// finish calls done, for an answer without usage.
+func (c *call) finish() { c.finishUsage(nil, "", 0) }
+
+// finishUsage fills the usage record (if upstream reported usage) and calls done. model is the
+// model asked upstream, used when upstream did not name one; elapsed is how long the request took
+// (the caller has read the clock already).
+func (c *call) finishUsage(u *platform.Usage, model string, elapsed time.Duration) {
 	req, out := c.req, c.out
 	if u != nil && req.Op != OpCountTokens {
 		m := u.Model
@@ -454,7 +460,7 @@ func (c *call) finish(u *platform.Usage, model string) {
 			CacheCreation_1HTokens: u.CacheCreation1hTokens,
 			CacheReadTokens:        u.CacheReadTokens,
 			Status:                 int32(out.Status),
-			DurationMs:             time.Since(req.Started).Milliseconds(),
+			DurationMs:             elapsed.Milliseconds(),
 			Stream:                 req.Stream,
 			StartedAt:              &c.blk.started,
 			Endpoint:               req.Endpoint,

@@ -240,6 +240,6 @@ func (b *streamBody) CloseWithError(err error) error {
 	if got, ok := b.usage.Usage(); ok {
 		u = &got
 	}
-	b.finish(u, b.model)
+	b.finishUsage(u, b.model, time.Since(b.req.Started))
 	return nil
 }

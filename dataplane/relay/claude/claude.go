@@ -46,19 +46,79 @@ const (
 	pathCountTokens = "/v1/messages/count_tokens"
 )
 
-// allowedHeader reports whether a client header may be forwarded to an Anthropic upstream
-// (reference §1.3.1 headerFilter.js filterForClaude, plus Claude Code's session header). Everything
-// else, including the client's x-api-key, authorization, cookie, accept-encoding and hop-by-hop
-// headers (RFC 9110 §7.6.1), stays in the worker. name must be lowercase.
-func allowedHeader(name string) bool {
+// Names of the headers Build sets, in the form fasthttp writes them (its canonical form), for
+// Header.SetCanonical: Header.Set would check and normalize the name again on every request.
+var (
+	nameAccept         = []byte("Accept")
+	nameAcceptEncoding = []byte("Accept-Encoding")
+	nameAnthropicBeta  = []byte("Anthropic-Beta")
+	nameAnthropicVer   = []byte("Anthropic-Version")
+	nameAuthorization  = []byte("Authorization")
+	nameXAPIKey        = []byte("X-Api-Key")
+)
+
+// passedName reports whether a client header is forwarded as it is to an Anthropic upstream, and
+// returns its name in canonical form; name must be lowercase. The allow-list is reference §1.3.1
+// (headerFilter.js filterForClaude) plus Claude Code's session header; everything else, including
+// the client's x-api-key, authorization, cookie, accept-encoding and hop-by-hop headers (RFC 9110
+// §7.6.1), stays in the worker. The headers each account type sets itself (user-agent,
+// anthropic-version, anthropic-beta, accept, content-type) are not here: copyHeaders takes them
+// apart.
+//
+// The x-stainless-* headers are forwarded whatever follows the prefix. The ones the Stainless SDK
+// sends (those the worker forwards) have their canonical names here; for any other canon is nil,
+// and the header is set through Header.Set, which normalizes its name.
+func passedName(name string) (canon []byte, pass bool) {
 	switch name {
-	case "accept", "anthropic-dangerous-direct-browser-access", "anthropic-version", "x-app",
-		"anthropic-beta", "accept-language", "sec-fetch-mode", "user-agent", "content-type",
-		"x-claude-code-session-id":
-		return true
+	case "anthropic-dangerous-direct-browser-access":
+		return nameBrowserAccess, true
+	case "x-app":
+		return nameXApp, true
+	case "accept-language":
+		return nameAcceptLanguage, true
+	case "sec-fetch-mode":
+		return nameSecFetchMode, true
+	case "x-claude-code-session-id":
+		return nameSessionID, true
+	case "x-stainless-arch":
+		return nameStainlessArch, true
+	case "x-stainless-helper-method":
+		return nameStainlessHelper, true
+	case "x-stainless-lang":
+		return nameStainlessLang, true
+	case "x-stainless-os":
+		return nameStainlessOS, true
+	case "x-stainless-package-version":
+		return nameStainlessPackage, true
+	case "x-stainless-retry-count":
+		return nameStainlessRetry, true
+	case "x-stainless-runtime":
+		return nameStainlessRuntime, true
+	case "x-stainless-runtime-version":
+		return nameStainlessRuntimeVer, true
+	case "x-stainless-timeout":
+		return nameStainlessTimeout, true
 	}
-	return strings.HasPrefix(name, "x-stainless-")
+	return nil, strings.HasPrefix(name, "x-stainless-")
 }
+
+// Canonical names of the client headers forwarded as they are (passedName).
+var (
+	nameBrowserAccess       = []byte("Anthropic-Dangerous-Direct-Browser-Access")
+	nameXApp                = []byte("X-App")
+	nameAcceptLanguage      = []byte("Accept-Language")
+	nameSecFetchMode        = []byte("Sec-Fetch-Mode")
+	nameSessionID           = []byte("X-Claude-Code-Session-Id")
+	nameStainlessArch       = []byte("X-Stainless-Arch")
+	nameStainlessHelper     = []byte("X-Stainless-Helper-Method")
+	nameStainlessLang       = []byte("X-Stainless-Lang")
+	nameStainlessOS         = []byte("X-Stainless-Os")
+	nameStainlessPackage    = []byte("X-Stainless-Package-Version")
+	nameStainlessRetry      = []byte("X-Stainless-Retry-Count")
+	nameStainlessRuntime    = []byte("X-Stainless-Runtime")
+	nameStainlessRuntimeVer = []byte("X-Stainless-Runtime-Version")
+	nameStainlessTimeout    = []byte("X-Stainless-Timeout")
+)
 
 // lower returns name in lowercase, without allocating when it already is (the worker sends
 // lowercase names).
@@ -82,24 +142,55 @@ type clientHeaders struct {
 func copyHeaders(req *platform.Request, out *fasthttp.Request) clientHeaders {
 	var ch clientHeaders
 	for _, h := range req.Headers {
-		name := lower(h.Name)
-		switch name {
-		case "user-agent":
-			ch.userAgent = h.Value
-		case "anthropic-version":
-			ch.version = h.Value
-		case "anthropic-beta":
-			ch.beta = h.Value
-		case "accept":
-			ch.accept = h.Value
-		case "content-type":
-		default:
-			if allowedHeader(name) {
-				out.Header.Set(name, h.Value)
+		// The worker sends lowercase names: only a name not recognized as it is is lowered.
+		if !ch.take(out, h.Name, h.Value) {
+			if name := lower(h.Name); name != h.Name {
+				ch.take(out, name, h.Value)
 			}
 		}
 	}
 	return ch
+}
+
+// take copies the client header name: value to out, or keeps it in ch; name is lowercase for a
+// header to recognize. It reports false for a header that stays in the worker.
+func (ch *clientHeaders) take(out *fasthttp.Request, name, value string) bool {
+	switch name {
+	case "user-agent":
+		ch.userAgent = value
+	case "anthropic-version":
+		ch.version = value
+	case "anthropic-beta":
+		ch.beta = value
+	case "accept":
+		ch.accept = value
+	case "content-type":
+	default:
+		canon, pass := passedName(name)
+		switch {
+		case canon != nil:
+			setHeader(&out.Header, canon, value)
+		case pass:
+			// lower: name may have passed as it is with capitals after the prefix; Set
+			// normalizes only valid names.
+			out.Header.Set(lower(name), value)
+		}
+		return pass
+	}
+	return true
+}
+
+// setHeader sets the header name, in canonical form, to value: what Header.Set(string(name),
+// value) does, without normalizing the name. SetCanonical takes the value as bytes, so it is
+// copied to the stack first; a longer value goes through SetBytesK, which copies it to the
+// header's own buffer (and normalizes the name, which leaves a canonical name as it is).
+func setHeader(h *fasthttp.RequestHeader, name []byte, value string) {
+	var buf [256]byte
+	if len(value) > len(buf) {
+		h.SetBytesK(name, value)
+		return
+	}
+	h.SetCanonical(name, append(buf[:0], value...))
 }
 
 // setCommon sets the headers both account types send the same way.
@@ -108,11 +199,13 @@ func setCommon(out *fasthttp.Request, ch clientHeaders, userAgent string) {
 	out.Header.SetContentType("application/json")
 	// Upstream bodies are passed through and parsed for usage: ask for them uncompressed
 	// (reference §1.3.1 step 4, "accept-encoding: identity (forced)").
-	out.Header.Set("Accept-Encoding", "identity")
-	out.Header.Set("Anthropic-Version", or(ch.version, DefaultVersion))
-	out.Header.Set("Accept", or(ch.accept, "application/json"))
+	out.Header.SetCanonical(nameAcceptEncoding, valueIdentity)
+	setHeader(&out.Header, nameAnthropicVer, or(ch.version, DefaultVersion))
+	setHeader(&out.Header, nameAccept, or(ch.accept, "application/json"))
 	out.Header.SetUserAgent(userAgent)
 }
+
+var valueIdentity = []byte("identity")
 
 func opPath(op string) string {
 	if op == platform.OpCountTokens {
@@ -165,4 +258,11 @@ func mapModel(acct *crsv1.Account, req *platform.Request) (string, []byte) {
 		return req.Model, req.Body
 	}
 	return to, body
+}
+
+// setBearer sets authorization: Bearer <token>, built on the stack rather than concatenated into a
+// string, which cost an allocation per request for any token longer than 25 bytes.
+func setBearer(h *fasthttp.RequestHeader, token string) {
+	var buf [512]byte
+	h.SetCanonical(nameAuthorization, append(append(buf[:0], "Bearer "...), token...))
 }

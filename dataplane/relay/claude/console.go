@@ -38,12 +38,12 @@ func (c Console) Build(acct *crsv1.Account, req *platform.Request, out *fasthttp
 	ch := copyHeaders(req, out)
 	setCommon(out, ch, or(acct.GetUserAgent(), or(ch.userAgent, DefaultUserAgent)))
 	if strings.HasPrefix(key, "sk-ant-") {
-		out.Header.Set("X-Api-Key", key)
+		setHeader(&out.Header, nameXAPIKey, key)
 	} else {
-		out.Header.Set("Authorization", "Bearer "+key)
+		setBearer(&out.Header, key)
 	}
 	if ch.beta != "" {
-		out.Header.Set("Anthropic-Beta", ch.beta)
+		setHeader(&out.Header, nameAnthropicBeta, ch.beta)
 	}
 	out.SetBodyRaw(body)
 	return model, nil

@@ -41,13 +41,13 @@ func (o *Official) Build(acct *crsv1.Account, req *platform.Request, out *fastht
 	setURI(out, o.URIs, base, opPath(req.Op), req.Query)
 	ch := copyHeaders(req, out)
 	setCommon(out, ch, or(ch.userAgent, DefaultUserAgent))
-	out.Header.Set("Authorization", "Bearer "+token)
+	setBearer(&out.Header, token)
 	betas := betasDefault
 	if strings.Contains(lower(model), "haiku") {
 		betas = betasHaiku
 	}
 	var buf [512]byte // the merged list is written here, so that it costs no allocation
-	out.Header.SetBytesV("Anthropic-Beta", appendMergedBetas(buf[:0], betas, ch.beta))
+	out.Header.SetCanonical(nameAnthropicBeta, appendMergedBetas(buf[:0], betas, ch.beta))
 	out.SetBodyRaw(body)
 	return model, nil
 }
