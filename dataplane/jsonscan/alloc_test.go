@@ -29,4 +29,23 @@ func TestWalkDoesNotAllocate(t *testing.T) {
 	})
 	require.Zero(t, allocs)
 	require.Equal(t, "claude-haiku", string(buf))
+
+	// Switching on decoded keys, escaped or not, does not allocate either.
+	var kb KeyBuf
+	n := 0
+	allocs = testing.AllocsPerRun(100, func() {
+		n = 0
+		_, err := EachMember(b, 0, 0, func(key []byte, special bool, vs int) (int, error) {
+			switch string(KeyName(&kb, key, special)) {
+			case "model", "messages":
+				n++
+			}
+			return SkipValue(b, vs, 1)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	require.Zero(t, allocs)
+	require.Equal(t, 2, n)
 }

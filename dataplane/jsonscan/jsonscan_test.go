@@ -270,6 +270,46 @@ func TestKeyIs(t *testing.T) {
 	}
 }
 
+// KeyName gives the decoded key when it fits KeyBuf, the raw key when it has no escape, and nil
+// for an escaped key too long for any name a switch holds.
+func TestKeyName(t *testing.T) {
+	tests := []struct {
+		key  string
+		want string
+		none bool // nil: too long decoded
+	}{
+		{key: "model", want: "model"},
+		{key: "Model", want: "Model"},
+		{key: `mod\u0065l`, want: "model"},
+		{key: `\u006d\u006f\u0064\u0065\u006c`, want: "model"},
+		{key: `a\nb`, want: "a\nb"},
+		{key: "é", want: "é"},
+		{key: `\u00e9`, want: "é"},
+		{key: strings.Repeat("a", 100), want: strings.Repeat("a", 100)},
+		{key: strings.Repeat(`\u0061`, 32), want: strings.Repeat("a", 32)},
+		{key: strings.Repeat(`\u0061`, 33), none: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			b := []byte(`{"` + tt.key + `":0}`)
+			var buf KeyBuf
+			var got []byte
+			_, err := EachMember(b, 0, 0, func(key []byte, special bool, vs int) (int, error) {
+				got = KeyName(&buf, key, special)
+				// Whatever KeyName says agrees with KeyIs.
+				require.Equal(t, KeyIs(key, special, tt.want), !tt.none && string(got) == tt.want)
+				return SkipValue(b, vs, 1)
+			})
+			require.NoError(t, err)
+			if tt.none {
+				require.Nil(t, got)
+				return
+			}
+			require.Equal(t, tt.want, string(got))
+		})
+	}
+}
+
 func BenchmarkSkipValue(b *testing.B) {
 	body := []byte(`{"messages":[` + strings.Repeat(`{"role":"user","content":[{"type":"text","text":"`+
 		strings.Repeat(`lorem ipsum \n dolor é `, 200)+`"}],"n":[1,-2.5e3,true,null]},`, 200) + `{}]}`)

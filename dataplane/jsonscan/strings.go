@@ -39,6 +39,24 @@ func KeyIs(key []byte, special bool, name string) bool {
 	return string(AppendUnescaped(buf[:0], key)) == name
 }
 
+// KeyBuf is room for a decoded key (KeyName); names longer than that are never what a caller
+// switches on.
+type KeyBuf [32]byte
+
+// KeyName returns the decoded name of a raw object key, as passed to a MemberFunc, for a switch
+// over the names a caller knows: the key itself when it holds no escape (almost always), else its
+// decoded value in buf, or nil when that would not fit buf (no name of the switch is that long).
+// One switch on the result replaces a KeyIs per case, which would look for escapes every time.
+func KeyName(buf *KeyBuf, key []byte, special bool) []byte {
+	if !special || bytes.IndexByte(key, '\\') < 0 {
+		return key
+	}
+	if d := AppendUnescaped(buf[:0], key); len(d) <= len(buf) {
+		return d
+	}
+	return nil
+}
+
 // DecodeString appends the decoded value of the string span s of b (quotes included) to dst.
 func DecodeString(dst, b []byte, s Span) []byte {
 	return AppendUnescaped(dst, b[s.Start+1:s.End-1])

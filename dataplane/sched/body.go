@@ -1,6 +1,7 @@
 package sched
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -87,6 +88,9 @@ func (l *textParts) at(i int) textPart {
 // bodyScan collects, in one pass over the body, every span the session rules may need.
 type bodyScan struct {
 	b []byte
+	// kb is room for decoding an escaped key, shared by all the callbacks: each is done with its
+	// key once its switch picked a case, before it walks the value (and nested keys).
+	kb jsonscan.KeyBuf
 
 	model    jsonscan.Span
 	stream   bool
@@ -158,16 +162,16 @@ func SessionHash(body []byte) string {
 
 func (s *bodyScan) topMember(key []byte, special bool, vs int) (int, error) {
 	b := s.b
-	switch {
-	case jsonscan.KeyIs(key, special, "model"):
+	switch string(jsonscan.KeyName(&s.kb, key, special)) {
+	case "model":
 		sp, end, err := jsonscan.StringSpan(b, vs, 1)
 		s.model = sp
 		return end, err
-	case jsonscan.KeyIs(key, special, "stream"):
+	case "stream":
 		end, err := jsonscan.SkipValue(b, vs, 1)
 		s.stream = err == nil && string(b[vs:end]) == "true"
 		return end, err
-	case jsonscan.KeyIs(key, special, "metadata"):
+	case "metadata":
 		s.userID = jsonscan.Span{}
 		if b[vs] != '{' {
 			return jsonscan.SkipValue(b, vs, 1)
@@ -180,7 +184,7 @@ func (s *bodyScan) topMember(key []byte, special bool, vs int) (int, error) {
 			s.userID = sp
 			return end, err
 		})
-	case jsonscan.KeyIs(key, special, "system"):
+	case "system":
 		s.sysStr, s.sysParts, s.sysArray = jsonscan.Span{}, textParts{}, false
 		switch b[vs] {
 		case '"':
@@ -196,7 +200,7 @@ func (s *bodyScan) topMember(key []byte, special bool, vs int) (int, error) {
 			})
 		}
 		return jsonscan.SkipValue(b, vs, 1)
-	case jsonscan.KeyIs(key, special, "messages"):
+	case "messages":
 		s.messagesArray, s.count, s.anyCache, s.firstText, s.firstTextIdx = false, 0, false, messageText{}, -1
 		if b[vs] != '[' {
 			return jsonscan.SkipValue(b, vs, 1)
@@ -224,8 +228,8 @@ func (s *bodyScan) message(n, vs int) (int, error) {
 		stringish = true
 	)
 	end, err := jsonscan.EachMember(b, vs, 2, func(key []byte, special bool, vs int) (int, error) {
-		switch {
-		case jsonscan.KeyIs(key, special, "content"):
+		switch string(jsonscan.KeyName(&s.kb, key, special)) {
+		case "content":
 			text, isArray, partCache, stringish = messageText{}, false, false, false
 			switch b[vs] {
 			case '"':
@@ -256,7 +260,7 @@ func (s *bodyScan) message(n, vs int) (int, error) {
 				})
 			}
 			return jsonscan.SkipValue(b, vs, 3)
-		case jsonscan.KeyIs(key, special, "cache_control"):
+		case "cache_control":
 			eph, end, err := s.ephemeral(vs, 3)
 			msgCache = eph
 			return end, err
@@ -286,16 +290,16 @@ func (s *bodyScan) part(vs, depth int) (textPart, int, error) {
 		return p, end, err
 	}
 	end, err := jsonscan.EachMember(b, vs, depth, func(key []byte, special bool, vs int) (int, error) {
-		switch {
-		case jsonscan.KeyIs(key, special, "text"):
+		switch string(jsonscan.KeyName(&s.kb, key, special)) {
+		case "text":
 			sp, end, err := jsonscan.StringSpan(b, vs, depth+1)
 			p.text = sp
 			return end, err
-		case jsonscan.KeyIs(key, special, "type"):
+		case "type":
 			sp, end, err := jsonscan.StringSpan(b, vs, depth+1)
 			p.isText = sp.OK() && s.stringIs(sp, "text")
 			return end, err
-		case jsonscan.KeyIs(key, special, "cache_control"):
+		case "cache_control":
 			eph, end, err := s.ephemeral(vs, depth+1)
 			p.ephemeral = eph
 			return end, err
@@ -339,8 +343,12 @@ func (s *bodyScan) stringIs(sp jsonscan.Span, want string) bool {
 func (s *bodyScan) sessionHash() string {
 	// 1. metadata.user_id carrying a Claude Code session id: the id itself.
 	if s.userID.NonEmpty() {
-		var buf [256]byte
-		if id, ok := sessionIDFromUserID(jsonscan.DecodeString(buf[:0], s.b, s.userID)); ok {
+		uid := s.b[s.userID.Start+1 : s.userID.End-1] // as sent when it holds no escape
+		if bytes.IndexByte(uid, '\\') >= 0 {
+			var buf [256]byte
+			uid = jsonscan.DecodeString(buf[:0], s.b, s.userID)
+		}
+		if id, ok := sessionIDFromUserID(uid); ok {
 			return string(id) // the id's only copy: the user_id around it is not kept
 		}
 	}
@@ -496,7 +504,7 @@ func legacySessionID[T string | []byte](s T) (int, bool) {
 		return 0, false
 	}
 	for i := len(pre); i < len(pre)+hexLen; i++ {
-		if !isHex(s[i]) {
+		if idChars[s[i]]&hexChar == 0 {
 			return 0, false
 		}
 	}
@@ -514,13 +522,31 @@ func legacySessionID[T string | []byte](s T) (int, bool) {
 		return 0, false
 	}
 	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(('a' <= c && c <= 'f') || isDigit(c) || c == '-') {
+		if idChars[id[i]]&sessionChar == 0 {
 			return 0, false
 		}
 	}
 	return len(s) - len(id), true
 }
+
+// idChars classifies bytes for legacySessionID, one lookup per byte of the 64 hex digits and of
+// the session id: hexChar for [a-fA-F0-9], sessionChar for [a-f0-9-].
+var idChars = func() (t [256]uint8) {
+	for c := range 256 {
+		if isHex(byte(c)) {
+			t[c] |= hexChar
+		}
+		if ('a' <= c && c <= 'f') || ('0' <= c && c <= '9') || c == '-' {
+			t[c] |= sessionChar
+		}
+	}
+	return t
+}()
+
+const (
+	hexChar uint8 = 1 << iota
+	sessionChar
+)
 
 func lastIndexByte[T string | []byte](s T, c byte) int {
 	for i := len(s) - 1; i >= 0; i-- {

@@ -14,14 +14,36 @@ import (
 var families = [...]string{"opus", "sonnet", "haiku", "fable"}
 
 // ModelFamily returns the rate-limit family of a model (opus, sonnet, haiku, fable), or "".
-func ModelFamily(model string) string {
-	m := strings.ToLower(model)
+func ModelFamily(model string) string { return familyOf(strings.ToLower(model)) }
+
+func familyOf(lower string) string {
 	for _, f := range families {
-		if strings.Contains(m, f) {
+		if strings.Contains(lower, f) {
 			return f
 		}
 	}
 	return ""
+}
+
+// model is the requested model with what ModelSupported and the family checks read of its name,
+// worked out once per request rather than once per account.
+type model struct {
+	name, family string
+	// claude: the name contains claude, sonnet, opus or haiku, as written.
+	claude bool
+	// opus: the name contains "opus" in any case.
+	opus bool
+}
+
+func modelOf(name string) model {
+	lower := strings.ToLower(name)
+	return model{
+		name:   name,
+		family: familyOf(lower),
+		claude: strings.Contains(name, "claude") || strings.Contains(name, "sonnet") ||
+			strings.Contains(name, "opus") || strings.Contains(name, "haiku"),
+		opus: strings.Contains(lower, "opus"),
+	}
 }
 
 // ModelSupported reports whether account a can serve model (reference §4.1
@@ -30,22 +52,24 @@ func ModelFamily(model string) string {
 //     Opus needs a paid plan: not on "free", and only Opus 4.5 or newer on "claude_pro".
 //   - claude-console: model_mapping is empty or has the model as a key (exact, then
 //     case-insensitive).
-func ModelSupported(a *crsv1.Account, model string) bool {
-	if model == "" {
+func ModelSupported(a *crsv1.Account, model string) bool { return modelOf(model).supportedBy(a) }
+
+// supportedBy is ModelSupported for the request's model.
+func (m model) supportedBy(a *crsv1.Account) bool {
+	if m.name == "" {
 		return true
 	}
 	switch a.GetType() {
 	case snapshot.TypeClaudeOfficial:
-		if !strings.Contains(model, "claude") && !strings.Contains(model, "sonnet") &&
-			!strings.Contains(model, "opus") && !strings.Contains(model, "haiku") {
+		if !m.claude {
 			return false
 		}
-		if strings.Contains(strings.ToLower(model), "opus") {
+		if m.opus {
 			switch a.GetSubscription() {
 			case "free":
 				return false
 			case "claude_pro":
-				return isOpus45OrNewer(model)
+				return isOpus45OrNewer(m.name)
 			}
 		}
 		return true
@@ -54,11 +78,11 @@ func ModelSupported(a *crsv1.Account, model string) bool {
 		if len(mapping) == 0 {
 			return true
 		}
-		if _, ok := mapping[model]; ok {
+		if _, ok := mapping[m.name]; ok {
 			return true
 		}
 		for k := range mapping {
-			if strings.EqualFold(k, model) {
+			if strings.EqualFold(k, m.name) {
 				return true
 			}
 		}

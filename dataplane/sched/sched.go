@@ -202,7 +202,8 @@ func (sel *Selection) SessionHash() string { return sel.sessionHash }
 
 // Served records that accountID answered the request: the session is bound to it (in the local
 // cache, and with the control plane when it was bound elsewhere or not at all, replacing an older
-// binding). The control-plane call runs in the background.
+// binding). The control-plane call runs in the background, without sel: once Served returns, sel
+// may be reused.
 func (sel *Selection) Served(accountID string) {
 	if sel.sessionHash == "" || accountID == "" {
 		return
@@ -219,6 +220,8 @@ func (sel *Selection) Served(accountID string) {
 	if s.binder == nil || accountID == sel.boundID {
 		return
 	}
+	// The goroutine below outlives the request, and so sel, which the caller may reuse: it keeps
+	// only values.
 	req := &crsv1.BindRequest{
 		SessionHash: sel.sessionHash,
 		Platform:    PlatformClaude,
@@ -237,7 +240,7 @@ func (sel *Selection) Served(accountID string) {
 		}
 		if resp.GetAccountId() != "" && resp.GetAccountId() != accountID {
 			// Another worker bound the session meanwhile; follow the control plane.
-			s.sticky.put(req.SessionHash, resp.GetAccountId(), s.now(), min(s.localTTL, sel.stickyTTL))
+			s.sticky.put(req.SessionHash, resp.GetAccountId(), s.now(), ttl)
 		}
 	}()
 }
@@ -555,13 +558,6 @@ func (u unavailability) String() string {
 	return ""
 }
 
-// model is the requested model with its rate-limit family, worked out once per request.
-type model struct {
-	name, family string
-}
-
-func modelOf(name string) model { return model{name: name, family: ModelFamily(name)} }
-
 // unavailableDedicated is unavailable for an account a key names, which may be missing.
 func (s *Scheduler) unavailableDedicated(a *crsv1.Account, m model, now time.Time) unavailability {
 	if a == nil {
@@ -584,7 +580,7 @@ func (s *Scheduler) unavailable(a *crsv1.Account, m model, now time.Time) unavai
 	if exp := a.GetSubscriptionExpiresAt(); exp != nil && (exp.GetSeconds() != 0 || exp.GetNanos() != 0) && !exp.AsTime().After(now) {
 		return unavailability{code: subscriptionExpired}
 	}
-	if !ModelSupported(a, m.name) {
+	if !m.supportedBy(a) {
 		return unavailability{code: modelNotSupported}
 	}
 	if m.family != "" {

@@ -538,3 +538,65 @@ func TestStickyCacheBoundedConcurrently(t *testing.T) {
 	c.m.Range(func(any, any) bool { n++; return true })
 	require.Equal(t, n, c.len())
 }
+
+// BenchmarkClaudeKnownSession is scheduling a request of a session this worker has bound, over a
+// one-account pool (crs-bench's setup), then the relay taking the first candidate and the worker
+// reporting it served.
+func BenchmarkClaudeKnownSession(b *testing.B) {
+	st, err := snapshot.Apply(nil, &crsv1.SyncMessage{Version: 1, Body: &crsv1.SyncMessage_Snapshot{Snapshot: &crsv1.Snapshot{
+		Accounts: []*crsv1.Account{account("a", snapshot.TypeClaudeOfficial, status("active", 0))},
+	}}})
+	require.NoError(b, err)
+	s := New(Options{Binder: &fakeBinder{bound: map[string]string{}}})
+	r := Request{State: st, Key: &crsv1.ApiKey{Id: "k"}, Model: "claude-sonnet-4-20250514", SessionHash: sessionID}
+	var sel Selection
+	r.Now = time.Now()
+	s.ClaudeInto(context.Background(), r, &sel)
+	sel.Next()
+	sel.Served("a")
+	b.ReportAllocs()
+	for b.Loop() {
+		r.Now = time.Now()
+		s.ClaudeInto(context.Background(), r, &sel)
+		if sel.Next() == nil {
+			b.Fatal("no candidate")
+		}
+		sel.Served("a")
+	}
+}
+
+func TestModelSupported(t *testing.T) {
+	const off, con = snapshot.TypeClaudeOfficial, snapshot.TypeClaudeConsole
+	mapped := account("m", con)
+	mapped.ModelMapping = map[string]string{"Claude-Sonnet-4-5": "x"}
+	tests := []struct {
+		name  string
+		acct  *crsv1.Account
+		model string
+		want  bool
+	}{
+		{"any account serves no model", account("a", off), "", true},
+		{"official: claude name", account("a", off), "claude-sonnet-4-5", true},
+		{"official: family name alone", account("a", off), "haiku-x", true},
+		{"official: names are matched as written", account("a", off), "CLAUDE-SONNET-4", false},
+		{"official: not a claude model", account("a", off), "gpt-4o", false},
+		{"official free: no opus, in any case", account("a", off, subscription("free")), "claude-OPUS-4-5", false},
+		{"official free: sonnet", account("a", off, subscription("free")), "claude-sonnet-4", true},
+		{"official pro: opus 4.5", account("a", off, subscription("claude_pro")), "claude-opus-4-5-20251101", true},
+		{"official pro: opus 4", account("a", off, subscription("claude_pro")), "claude-opus-4-20250514", false},
+		{"official pro: Opus in capitals", account("a", off, subscription("claude_pro")), "claude-Opus-4-20250514", false},
+		{"official max: opus 4", account("a", off, subscription("claude_max")), "claude-opus-4-20250514", true},
+		{"console without mapping", account("c", con), "anything", true},
+		{"console mapping exact", mapped, "Claude-Sonnet-4-5", true},
+		{"console mapping case-insensitive", mapped, "claude-sonnet-4-5", true},
+		{"console mapping miss", mapped, "claude-opus-4", false},
+		{"other types", account("g", "gemini"), "x", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			require.Equal(t, tt.want, ModelSupported(tt.acct, tt.model))
+			m := modelOf(tt.model)
+			require.Equal(t, tt.want, m.supportedBy(tt.acct))
+		})
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/crsrelay/crs/dataplane/relay"
+	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
 	"github.com/crsrelay/crs/internal/mockupstream"
 )
 
@@ -108,4 +109,73 @@ func BenchmarkHandleCPU(b *testing.B) {
 	b.StopTimer()
 	cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+}
+
+// instantRelay answers every request at once, as a non-stream upstream success would end: 200,
+// a usage record and the success event. It stands for the relay in benchmarks of the worker's
+// own work.
+type instantRelay struct{}
+
+func (instantRelay) Serve(ctx *fasthttp.RequestCtx, _ *relay.Request, cands relay.Candidates, done func(*relay.Outcome)) {
+	acct := cands.Next()
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetBodyString(`{"ok":true}`)
+	done(&relay.Outcome{Account: acct, Status: fasthttp.StatusOK, Attempts: 1, FirstByte: time.Millisecond,
+		Usage:  &crsv1.UsageRecord{InputTokens: 10, OutputTokens: 20},
+		Events: []*crsv1.AccountEvent{{AccountId: acct.GetId(), Kind: "success"}}})
+}
+
+// claudeCodeRequest is a non-stream Messages request with the headers Claude Code sends and its
+// session in metadata.user_id.
+func claudeCodeRequest(req *fasthttp.Request) {
+	req.SetRequestURI("/api/v1/messages?beta=true")
+	req.Header.SetHost("relay.example")
+	req.Header.SetMethod(fasthttp.MethodPost)
+	for _, h := range [][2]string{
+		{"Accept", "application/json"}, {"Accept-Encoding", "gzip, deflate, br"}, {"Connection", "keep-alive"},
+		{"Content-Type", "application/json"}, {"Anthropic-Version", "2023-06-01"},
+		{"Anthropic-Beta", "claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14"},
+		{"Anthropic-Dangerous-Direct-Browser-Access", "true"},
+		{"User-Agent", "claude-cli/1.0.69 (external, cli)"}, {"X-App", "cli"}, {"X-Stainless-Arch", "x64"},
+		{"X-Stainless-Lang", "js"}, {"X-Stainless-Os", "Linux"}, {"X-Stainless-Package-Version", "0.55.1"},
+		{"X-Stainless-Retry-Count", "0"}, {"X-Stainless-Runtime", "node"}, {"X-Stainless-Runtime-Version", "v22.17.0"},
+		{"X-Stainless-Timeout", "600"}, {"X-Api-Key", goodKey},
+	} {
+		req.Header.Set(h[0], h[1])
+	}
+	req.SetBody([]byte(`{"max_tokens":32000,"messages":[{"content":[{"text":"Write a haiku about relays.","type":"text"}],"role":"user"}],` +
+		`"metadata":{"user_id":"user_abababababababababababababababababababababababababababababababab_account__session_0b9a2c1e-5f4d-4c3b-9a8e-7d6c5b4a3f21"},` +
+		`"model":"claude-sonnet-4-20250514","stream":false}`))
+}
+
+// BenchmarkHandleMessages is the worker's own work for one non-stream Messages request of a known
+// Claude Code session with an unlimited key: routing, key check, body reading, scheduling, the
+// forwarded headers, and on completion the usage report, events and metrics, with a relay that
+// answers at once.
+func BenchmarkHandleMessages(b *testing.B) {
+	e := startEnv(b, envOpts{quiet: true, relay: instantRelay{}})
+	var tmpl fasthttp.Request
+	claudeCodeRequest(&tmpl)
+	var ctx fasthttp.RequestCtx
+	ctx.Init(&tmpl, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}, nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		tmpl.CopyTo(&ctx.Request)
+		ctx.Response.Reset()
+		e.w.handle(&ctx)
+		if ctx.Response.StatusCode() != fasthttp.StatusOK {
+			b.Fatalf("status %d: %.300s", ctx.Response.StatusCode(), ctx.Response.Body())
+		}
+	}
+}
+
+// BenchmarkAppendForwarded is copying the allow-listed headers of a Claude Code request.
+func BenchmarkAppendForwarded(b *testing.B) {
+	var req fasthttp.Request
+	claudeCodeRequest(&req)
+	var buf [16]relay.Header
+	b.ReportAllocs()
+	for b.Loop() {
+		appendForwarded(buf[:0], &req.Header)
+	}
 }

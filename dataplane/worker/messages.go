@@ -104,7 +104,7 @@ func (w *Worker) relayClaude(ctx *fasthttp.RequestCtx, c *call, op string, m sch
 	if !ok {
 		return
 	}
-	rc := &relayCall{w: w, adm: adm, route: c.route.name}
+	rc := w.newRelayCall(adm, c.route.name)
 	w.sched.ClaudeInto(ctx, sched.Request{
 		State:       c.state,
 		Key:         c.key,
@@ -120,6 +120,7 @@ func (w *Worker) relayClaude(ctx *fasthttp.RequestCtx, c *call, op string, m sch
 				zap.String("model", m.Model), zap.String("reason", sel.Reason()))
 		}
 		adm.release()
+		rc.recycle()
 		writeError(ctx, apierr.New(fasthttp.StatusInternalServerError, apierr.ShapeFlatTimestamp,
 			"Relay service error", "No available Claude accounts support the requested model: "+m.Model))
 		return
@@ -127,13 +128,14 @@ func (w *Worker) relayClaude(ctx *fasthttp.RequestCtx, c *call, op string, m sch
 	cands, err := adm.candidates(sel)
 	if err != nil {
 		adm.release()
+		rc.recycle()
 		writeError(ctx, err)
 		return
 	}
 	rc.req = relay.Request{
 		RequestID: c.id,
 		KeyID:     c.key.GetId(),
-		Endpoint:  w.endpoint(ctx.Path()),
+		Endpoint:  c.endpoint(ctx),
 		Op:        op,
 		// Not copied: the relay reads them only while Serve runs (see relay.Request).
 		Body:    ctx.PostBody(),
@@ -152,15 +154,23 @@ func (w *Worker) relayClaude(ctx *fasthttp.RequestCtx, c *call, op string, m sch
 		w.m.streams.Add(1)
 	}
 	c.relay = rc
-	w.relay.Serve(ctx, &rc.req, cands, rc.done)
+	w.relay.Serve(ctx, &rc.req, cands, rc.doneFunc)
 	// The client's body is fasthttp's, reused once the response is written; a stream still being
 	// written must not reach it (nothing does: this makes sure).
 	rc.req.Body, rc.req.Query = nil, nil
 }
 
 // relayCall is one request the relay has taken: the Request, its candidates and what done needs,
-// in one allocation. It is created per request and lives until done; done may run on the stream
+// in one object. It is created per request and lives until done; done may run on the stream
 // writer's goroutine, everything else on the handler's.
+//
+// relayCalls are recycled (Worker.relayCalls): at over a kilobyte, with pointers, allocating one
+// per request cost more CPU, in the allocator and in the collector, than the rest of what the
+// worker allocates. A relayCall goes back to the pool once both of its users let it go: the
+// handler when it returns (handle), and the relay when it calls done. That relies on the relay
+// calling done as the last thing it does with a request (relay serve.go finishUsage), touching
+// neither req nor the candidates afterwards. The relayCall of a handler that panicked is never
+// recycled: its handler share is not released, and the relay may still hold it.
 type relayCall struct {
 	w   *Worker
 	adm *admission
@@ -171,27 +181,59 @@ type relayCall struct {
 	route  string
 	urgent bool
 	once   atomic.Bool
+	// users counts the handler and the relay until each let go of the relayCall (release).
+	users atomic.Int32
+	// doneFunc is done as a func value, made once per relayCall rather than once per request.
+	doneFunc func(*relay.Outcome)
 	// headers has room for the client headers Claude Code sends that forwardName allows (up to
 	// 16; more spill to the heap).
 	headers [16]relay.Header
 }
 
+// newRelayCall returns a relayCall for a request, recycled when one is free.
+func (w *Worker) newRelayCall(adm *admission, route string) *relayCall {
+	rc, _ := w.relayCalls.Get().(*relayCall)
+	if rc == nil {
+		rc = &relayCall{w: w}
+		rc.doneFunc = rc.done
+	}
+	rc.adm, rc.route = adm, route
+	rc.users.Store(2) // the handler and the relay
+	return rc
+}
+
+// recycle puts rc back into the pool at once: for a relayCall the relay never saw.
+func (rc *relayCall) recycle() {
+	w, done := rc.w, rc.doneFunc
+	*rc = relayCall{w: w, doneFunc: done}
+	w.relayCalls.Put(rc)
+}
+
+// release is called by each of the relayCall's two users when it is done with it; the last one
+// recycles it.
+func (rc *relayCall) release() {
+	if rc.users.Add(-1) == 0 {
+		rc.recycle()
+	}
+}
+
 // done is the relay's completion callback: it runs finish once, whichever of the relay and a
-// handler panic (recoverPanic) calls it first.
+// handler panic (recoverPanic) calls it first, then releases the relay's share of rc.
 func (rc *relayCall) done(o *relay.Outcome) {
 	if rc.once.CompareAndSwap(false, true) {
 		rc.adm.release()
 		rc.w.finish(rc.route, &rc.req, &rc.sel, o, rc.urgent)
+		rc.release()
 	}
 }
 
 // endpoint returns the request path as a string for usage records: the route table's own string
 // when the path is one of its keys as it is (no allocation), a copy otherwise.
-func (w *Worker) endpoint(path []byte) string {
-	if p, ok := w.paths[string(path)]; ok {
-		return p
+func (c *call) endpoint(ctx *fasthttp.RequestCtx) string {
+	if c.path != "" {
+		return c.path
 	}
-	return string(path)
+	return string(ctx.Path())
 }
 
 // finish runs once per relayed request, when the response is complete (possibly on the stream
@@ -339,28 +381,29 @@ func forwardName(key []byte) string {
 // appendForwarded appends the allow-listed client headers to dst, with lowercase names. The
 // values are copied into one string that they share: one allocation per request, and none for
 // the headers while dst has room.
+//
+// One pass: the entries are appended with their names while the values are gathered in a buffer
+// on the stack, and get their values once the shared string exists.
 func appendForwarded(dst []relay.Header, h *fasthttp.RequestHeader) []relay.Header {
-	type span struct {
-		name       string
-		start, end int
-	}
 	var (
-		spanArr  [24]span
-		found    = spanArr[:0]
 		valueArr [1024]byte // Claude Code sends a few hundred bytes; more spill to the heap
 		values   = valueArr[:0]
+		lenArr   [24]int32
+		lens     = lenArr[:0]
 	)
+	first := len(dst)
 	for k, v := range h.All() {
 		name := forwardName(k)
 		if name == "" {
 			continue
 		}
-		found = append(found, span{name, len(values), len(values) + len(v)})
+		dst = append(dst, relay.Header{Name: name})
+		lens = append(lens, int32(len(v)))
 		values = append(values, v...)
 	}
 	all := string(values)
-	for _, f := range found {
-		dst = append(dst, relay.Header{Name: f.name, Value: all[f.start:f.end]})
+	for i, n := range lens {
+		dst[first+i].Value, all = all[:n], all[n:]
 	}
 	return dst
 }

@@ -22,8 +22,9 @@ type workerMetrics struct {
 
 	mu       sync.Mutex // serializes additions to the maps below
 	requests cowMap[requestLabels, *metrics.Counter]
-	latency  cowMap[string, *metrics.PrometheusHistogram] // by platform
-	ttfb     cowMap[string, *metrics.PrometheusHistogram]
+	// relays holds, per label set of a relayed request, every series relayed records into, so
+	// that a request looks them up once instead of once per series.
+	relays cowMap[requestLabels, *relaySeries]
 
 	inputTokens, outputTokens, cacheCreateTokens, cacheReadTokens *metrics.Counter
 
@@ -67,8 +68,7 @@ func (m *workerMetrics) request(route string, status int, platform string) {
 	if !ok {
 		m.mu.Lock()
 		if c, ok = m.requests.get(k); !ok {
-			c = m.set.GetOrCreateCounter(fmt.Sprintf(`%srequests_total{route=%q,status="%d",platform=%q}`,
-				metricPrefix, route, status, platform))
+			c = m.requestCounter(k)
 			m.requests.add(k, c)
 		}
 		m.mu.Unlock()
@@ -76,16 +76,44 @@ func (m *workerMetrics) request(route string, status int, platform string) {
 	c.Inc()
 }
 
-func (m *workerMetrics) histogram(cache *cowMap[string, *metrics.PrometheusHistogram], name, platform string) *metrics.PrometheusHistogram {
-	h, ok := cache.get(platform)
-	if !ok {
-		m.mu.Lock()
-		if h, ok = cache.get(platform); !ok {
-			h = m.set.GetOrCreatePrometheusHistogram(metricPrefix + name + `{platform=` + strconv.Quote(platform) + `}`)
-			cache.add(platform, h)
-		}
-		m.mu.Unlock()
+// requestCounter returns the requests_total series of k, creating it. Callers hold mu.
+func (m *workerMetrics) requestCounter(k requestLabels) *metrics.Counter {
+	return m.set.GetOrCreateCounter(fmt.Sprintf(`%srequests_total{route=%q,status="%d",platform=%q}`,
+		metricPrefix, k.route, k.status, k.platform))
+}
+
+// relaySeries are the series a relayed request of one label set records into. The histograms
+// are per platform (label sets of one platform share them) and are created when first updated,
+// so that /metrics lists only histograms that have values.
+type relaySeries struct {
+	requests      *metrics.Counter
+	platform      string
+	latency, ttfb atomic.Pointer[metrics.PrometheusHistogram]
+}
+
+// relaySeriesOf returns the series of a relayed request's label set, creating them on first use.
+func (m *workerMetrics) relaySeriesOf(k requestLabels) *relaySeries {
+	s, ok := m.relays.get(k)
+	if ok {
+		return s
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s, ok = m.relays.get(k); !ok {
+		s = &relaySeries{requests: m.requestCounter(k), platform: k.platform}
+		m.relays.add(k, s)
+	}
+	return s
+}
+
+// histogram returns the histogram *p caches, creating (or finding) it in the set first.
+// GetOrCreate returns the same histogram to goroutines that race here.
+func (m *workerMetrics) histogram(p *atomic.Pointer[metrics.PrometheusHistogram], name, platform string) *metrics.PrometheusHistogram {
+	if h := p.Load(); h != nil {
+		return h
+	}
+	h := m.set.GetOrCreatePrometheusHistogram(metricPrefix + name + `{platform=` + strconv.Quote(platform) + `}`)
+	p.Store(h)
 	return h
 }
 
@@ -119,18 +147,27 @@ func (c *cowMap[K, V]) add(k K, v V) {
 
 // relayed records a finished relay: status, upstream duration, time to first byte, tokens.
 func (m *workerMetrics) relayed(route, platform string, o *relay.Outcome, duration time.Duration) {
-	m.request(route, o.Status, platform)
+	s := m.relaySeriesOf(requestLabels{route, o.Status, platform})
+	s.requests.Inc()
 	if o.Attempts > 0 {
-		m.histogram(&m.latency, "upstream_duration_seconds", platform).Update(duration.Seconds())
+		m.histogram(&s.latency, "upstream_duration_seconds", s.platform).Update(duration.Seconds())
 	}
 	if o.FirstByte > 0 {
-		m.histogram(&m.ttfb, "upstream_ttfb_seconds", platform).Update(o.FirstByte.Seconds())
+		m.histogram(&s.ttfb, "upstream_ttfb_seconds", s.platform).Update(o.FirstByte.Seconds())
 	}
 	if u := o.Usage; u != nil {
-		m.inputTokens.Add(int(u.GetInputTokens()))
-		m.outputTokens.Add(int(u.GetOutputTokens()))
-		m.cacheCreateTokens.Add(int(u.GetCacheCreation_5MTokens() + u.GetCacheCreation_1HTokens()))
-		m.cacheReadTokens.Add(int(u.GetCacheReadTokens()))
+		// Every worker goroutine adds to these: adding nothing would still pull the counter's
+		// cache line over from another core.
+		addNonZero(m.inputTokens, u.GetInputTokens())
+		addNonZero(m.outputTokens, u.GetOutputTokens())
+		addNonZero(m.cacheCreateTokens, u.GetCacheCreation_5MTokens()+u.GetCacheCreation_1HTokens())
+		addNonZero(m.cacheReadTokens, u.GetCacheReadTokens())
+	}
+}
+
+func addNonZero(c *metrics.Counter, n int64) {
+	if n != 0 {
+		c.Add(int(n))
 	}
 }
 

@@ -36,6 +36,8 @@ const (
 type call struct {
 	id    string
 	route *route
+	// path is the route table's string of the request path when it matched as it is, else "".
+	path  string
 	state *snapshot.State
 	key   *crsv1.ApiKey
 	// async is set when the relay took the request: done records the metrics.
@@ -52,27 +54,58 @@ type route struct {
 	// post routes accept POST; the others GET and HEAD (as Express routes GET handlers).
 	post bool
 	// auth routes need a key and a snapshot.
-	auth   bool
-	handle func(w *Worker, ctx *fasthttp.RequestCtx, c *call)
+	auth bool
+}
+
+// serve runs the handler of route r (by its name: each name has one handler). Calling the
+// handlers directly, rather than through a func field, lets the compiler see that none keeps c,
+// so a request's call stays on handle's stack instead of costing an allocation.
+func (w *Worker) serve(r *route, ctx *fasthttp.RequestCtx, c *call) {
+	switch r.name {
+	case routeMessages:
+		w.messages(ctx, c)
+	case routeCountTokens:
+		w.countTokens(ctx, c)
+	case routeModels:
+		w.models(ctx, c)
+	case routeKeyInfo:
+		w.keyInfo(ctx, c)
+	case routeUsage:
+		w.usage(ctx, c)
+	case routeMe:
+		w.me(ctx, c)
+	case routeOrgUsage:
+		w.orgUsage(ctx, c)
+	case routeHealth:
+		w.health(ctx, c)
+	case routeEventLogging:
+		w.eventLogging(ctx, c)
+	case routeProbe:
+		w.probe(ctx, c)
+	case routeMetrics:
+		w.metrics(ctx, c)
+	default:
+		panic("worker: route without a handler: " + r.name)
+	}
 }
 
 // buildRoutes returns the route table, keyed by path. The reference mounts its Claude router on
 // /api and /claude, and the router itself defines /claude/v1/messages and /api/event_logging/batch,
 // so the doubled forms (/api/claude/..., /api/api/..., /claude/claude/...) exist as well (§1.1).
-func (w *Worker) buildRoutes() map[string]*route {
-	messages := &route{name: routeMessages, post: true, auth: true, handle: (*Worker).messages}
-	countTokens := &route{name: routeCountTokens, post: true, auth: true, handle: (*Worker).countTokens}
-	models := &route{name: routeModels, auth: true, handle: (*Worker).models}
-	keyInfo := &route{name: routeKeyInfo, auth: true, handle: (*Worker).keyInfo}
-	usage := &route{name: routeUsage, auth: true, handle: (*Worker).usage}
-	me := &route{name: routeMe, auth: true, handle: (*Worker).me}
-	health := &route{name: routeHealth, handle: (*Worker).health}
-	eventLogging := &route{name: routeEventLogging, post: true, handle: (*Worker).eventLogging}
-	probe := &route{name: routeProbe, handle: (*Worker).probe}
+func (w *Worker) buildRoutes() map[string]routeEntry {
+	messages := &route{name: routeMessages, post: true, auth: true}
+	countTokens := &route{name: routeCountTokens, post: true, auth: true}
+	models := &route{name: routeModels, auth: true}
+	keyInfo := &route{name: routeKeyInfo, auth: true}
+	usage := &route{name: routeUsage, auth: true}
+	me := &route{name: routeMe, auth: true}
+	health := &route{name: routeHealth}
+	eventLogging := &route{name: routeEventLogging, post: true}
+	probe := &route{name: routeProbe}
 
 	t := map[string]*route{
 		"/health":                         health,
-		"/metrics":                        {name: routeMetrics, handle: (*Worker).metrics},
+		"/metrics":                        {name: routeMetrics},
 		"/":                               probe,
 		"/api/event_logging/batch":        eventLogging,
 		"/api/api/event_logging/batch":    eventLogging,
@@ -89,36 +122,44 @@ func (w *Worker) buildRoutes() map[string]*route {
 		t[mount+"/v1/me"] = me
 		t[mount+"/health"] = health
 	}
-	w.paths = make(map[string]string, len(t))
-	for p := range t {
-		w.paths[p] = p
+	table := make(map[string]routeEntry, len(t))
+	for p, r := range t {
+		table[p] = routeEntry{route: r, path: p}
 	}
-	return t
+	return table
 }
 
-var orgUsageRoute = &route{name: routeOrgUsage, auth: true, handle: (*Worker).orgUsage}
+// routeEntry is a route under one of its paths. path is the table's own string of the path, so
+// that a request's path becomes a string (for usage records) without a copy.
+type routeEntry struct {
+	route *route
+	path  string
+}
+
+var orgUsageRoute = &route{name: routeOrgUsage, auth: true}
 
 // lookup finds the route of a path: exactly, else as Express would match it (case-insensitive,
-// one trailing slash ignored), else the parameterized /v1/organizations/:org_id/usage.
-func (w *Worker) lookup(path []byte) *route {
-	if r := w.routes[string(path)]; r != nil {
-		return r
+// one trailing slash ignored), else the parameterized /v1/organizations/:org_id/usage. exact is
+// the route table's string of the path when the path is one of its keys as it is, else "".
+func (w *Worker) lookup(path []byte) (r *route, exact string) {
+	if e, ok := w.routes[string(path)]; ok {
+		return e.route, e.path
 	}
 	p := strings.ToLower(string(path))
 	if len(p) > 1 {
 		p = strings.TrimSuffix(p, "/")
 	}
-	if r := w.routes[p]; r != nil {
-		return r
+	if e, ok := w.routes[p]; ok {
+		return e.route, ""
 	}
 	for _, mount := range [...]string{"/api/v1/organizations/", "/claude/v1/organizations/"} {
 		if rest, ok := strings.CutPrefix(p, mount); ok {
 			if org, ok := strings.CutSuffix(rest, "/usage"); ok && org != "" && !strings.Contains(org, "/") {
-				return orgUsageRoute
+				return orgUsageRoute, ""
 			}
 		}
 	}
-	return nil
+	return nil, ""
 }
 
 // handle is the fasthttp handler: request id, routing, authentication, then the route.
@@ -127,18 +168,21 @@ func (w *Worker) handle(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.SetCanonical(headerRequestID, []byte(c.id))
 	defer w.recoverPanic(ctx, &c)
 
-	r := w.lookup(ctx.Path())
+	r, exact := w.lookup(ctx.Path())
 	if r == nil || !r.allows(ctx) {
 		w.notFound(ctx)
 		w.m.request(routeNotFound, ctx.Response.StatusCode(), "")
 		return
 	}
-	c.route = r
+	c.route, c.path = r, exact
 	if r.auth && !w.authenticate(ctx, &c) {
 		w.m.request(r.name, ctx.Response.StatusCode(), "")
 		return
 	}
-	r.handle(w, ctx, &c)
+	w.serve(r, ctx, &c)
+	if c.relay != nil {
+		c.relay.release() // not after a panic: recoverPanic leaves the relayCall to the collector
+	}
 	if !c.async {
 		w.m.request(r.name, ctx.Response.StatusCode(), "")
 	}

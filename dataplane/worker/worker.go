@@ -109,17 +109,17 @@ type Worker struct {
 	policy *auth.Policy
 	adm    *admissions
 	srv    *fasthttp.Server
-	routes map[string]*route
-	// paths maps each route path to itself, so that a request's path becomes a string without a
-	// copy (endpoint).
-	paths map[string]string
-	m     *workerMetrics
-	now   func() time.Time
+	routes map[string]routeEntry
+	m      *workerMetrics
+	now    func() time.Time
 	// realClock is set when now is time.Now (Options.Now unset): a request is then judged at the
 	// time fasthttp read it, without reading the clock again (requestNow).
 	realClock bool
 
 	idPrefix string
+
+	// relayCalls recycles the per-request state of relayed requests (relayCall).
+	relayCalls sync.Pool
 
 	// refresh renews credentials refused with 401 (refresh.go); nil without a fleet client.
 	refresh relay.Refresher

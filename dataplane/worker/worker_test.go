@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -506,7 +507,8 @@ func TestShutdownFlushesReports(t *testing.T) {
 }
 
 // fakeRelay answers 200 synchronously, or panics. reqs are copies taken during Serve (Body and
-// Query are valid only then); handed are the Requests as the worker handed them over.
+// Query are valid only then, the Request itself until done: the worker recycles it); handed are
+// the Requests as the worker handed them over.
 type fakeRelay struct {
 	mu     sync.Mutex
 	reqs   []*relay.Request
@@ -518,6 +520,7 @@ func (f *fakeRelay) Serve(ctx *fasthttp.RequestCtx, req *relay.Request, cands re
 	cp := *req
 	cp.Body = append([]byte(nil), req.Body...)
 	cp.Query = append([]byte(nil), req.Query...)
+	cp.Headers = slices.Clone(req.Headers)
 	f.mu.Lock()
 	f.reqs = append(f.reqs, &cp)
 	f.handed = append(f.handed, req)
@@ -600,4 +603,55 @@ func TestPanicIsA500(t *testing.T) {
 	met := e.do("GET", "/metrics", "", nil)
 	require.Contains(t, string(met.body), "crs_worker_panics_total 1")
 	require.Contains(t, string(met.body), "crs_worker_inflight_relays 0", "the request was accounted for")
+}
+
+// lateRelay answers at once but calls done later (as a stream does, after the handler returned),
+// when the test calls finish.
+type lateRelay struct {
+	mu     sync.Mutex
+	handed []*relay.Request
+	dones  []func()
+}
+
+func (l *lateRelay) Serve(ctx *fasthttp.RequestCtx, req *relay.Request, cands relay.Candidates, done func(*relay.Outcome)) {
+	acct := cands.Next()
+	ctx.SetStatusCode(200)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.handed = append(l.handed, req)
+	l.dones = append(l.dones, func() {
+		done(&relay.Outcome{Account: acct, Status: 200, Attempts: 1, Usage: &crsv1.UsageRecord{InputTokens: 1}})
+	})
+}
+
+// The per-request state the relay holds stays the request's until the relay called done, however
+// many requests the handler serves meanwhile; then it reports that request's usage.
+func TestRelayStateKeptUntilDone(t *testing.T) {
+	lr := &lateRelay{}
+	e := startEnv(t, envOpts{relay: lr})
+	var ids []string
+	for range 3 {
+		r := e.do("POST", "/api/v1/messages", goodKey, messagesBody(false, ""))
+		require.Equal(t, 200, r.status)
+		ids = append(ids, r.header["x-request-id"])
+	}
+	lr.mu.Lock()
+	handed, dones := lr.handed, lr.dones
+	lr.mu.Unlock()
+	require.Len(t, handed, 3)
+	require.NotSame(t, handed[0], handed[1])
+	require.NotSame(t, handed[1], handed[2])
+	require.NotSame(t, handed[0], handed[2])
+	for i, req := range handed {
+		require.Equal(t, ids[i], req.RequestID, "request %d", i)
+	}
+	for _, done := range dones {
+		done()
+	}
+	require.Eventually(t, func() bool { return len(e.cp.Records()) == 3 }, 5*time.Second, 10*time.Millisecond)
+	got := []string{}
+	for _, rec := range e.cp.Records() {
+		got = append(got, rec.GetRequestId())
+	}
+	require.ElementsMatch(t, ids, got)
 }
