@@ -12,12 +12,10 @@ import (
 // anthropic-beta header or model name would stop all usage reporting of the worker. Records and
 // events are therefore repaired when they are queued: invalid bytes become U+FFFD.
 
-// repairRecord makes r's strings valid UTF-8.
+// repairRecord makes r's strings that can carry a client's or an upstream's bytes valid UTF-8.
+// The others are ids the worker made or read from the snapshot (protobuf, so valid already); they
+// are not checked, which spares four scans per request.
 func repairRecord(r *crsv1.UsageRecord) {
-	fix(&r.RequestId)
-	fix(&r.KeyId)
-	fix(&r.AccountId)
-	fix(&r.AccountType)
 	fix(&r.Model)
 	fix(&r.Endpoint)
 	fix(&r.AnthropicBeta)
