@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/crsrelay/crs/dataplane/fleetclient/fleettest"
 	crsv1 "github.com/crsrelay/crs/gen/crs/v1"
@@ -310,6 +311,33 @@ func TestBufferDropsOldestWhenFull(t *testing.T) {
 		ids = append(ids, r.GetRequestId())
 	}
 	require.Equal(t, []string{"r2", "r3", "r4"}, ids)
+}
+
+// A full buffer drops its oldest item even when it is in flight, while the sender may be
+// marshalling that batch without the lock: the sender reads only the message take built.
+// Run with -race (make test does).
+func TestReportBufferDropWhileSending(t *testing.T) {
+	b := newReportBuffer(100)
+	for i := range 100 {
+		b.add(item{rec: record(fmt.Sprintf("r%d", i))}, 1000, false)
+	}
+	bt := b.take(100, true)
+	require.Len(t, bt.msg.GetRecords(), 100)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 150 {
+			b.add(item{rec: record(fmt.Sprintf("s%d", i))}, 1000, false)
+		}
+	}()
+	for range 20 {
+		_, err := proto.Marshal(bt.msg)
+		require.NoError(t, err)
+	}
+	<-done
+	require.Len(t, bt.msg.GetRecords(), 100, "the message sent keeps what it was built with")
+	require.Empty(t, bt.items, "the in-flight items were dropped for newer ones")
+	require.Equal(t, 100, b.len())
 }
 
 func TestReportBuffer(t *testing.T) {

@@ -84,6 +84,10 @@ type item struct {
 type batch struct {
 	id    uint64
 	items []item
+	// msg is what is sent. take builds it under the buffer's lock: once the lock is released,
+	// add may drop the oldest of items (a full buffer drops in-flight items first), so the sender
+	// must not read items.
+	msg *crsv1.ReportBatch
 }
 
 func (b *batch) proto() *crsv1.ReportBatch {
@@ -218,6 +222,7 @@ func (b *reportBuffer) take(n int, force bool) *batch {
 	}
 	b.nextID++
 	bt.id = b.nextID
+	bt.msg = bt.proto()
 	b.inflight = append(b.inflight, bt)
 	return bt
 }
@@ -351,7 +356,7 @@ func (c *Client) reportStream(ctx, hard context.Context) (acked bool, err error)
 			if bt == nil {
 				break
 			}
-			if err := stream.Send(bt.proto()); err != nil {
+			if err := stream.Send(bt.msg); err != nil {
 				return acked, fmt.Errorf("send report batch: %w", err)
 			}
 		}
