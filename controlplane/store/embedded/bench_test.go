@@ -73,7 +73,7 @@ func batchEntries(seq uint64, n int) []*store.UsageEntry {
 }
 
 // BenchmarkRecordUsageBatch measures the control plane's ingestion path: batches of 500 records
-// (a worker's largest, fleetclient.DefaultBatchSize) and 2000, into a store that keeps growing,
+// and 2000 (a worker's largest, fleetclient.DefaultBatchSize), into a store that keeps growing,
 // as under load. It reports the cost per record; building the entries is outside the timer. The
 // commit's fsync is turned off: it is one per batch whatever the code does, and its wait would
 // drown the CPU cost measured here.
